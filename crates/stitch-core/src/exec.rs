@@ -1,0 +1,265 @@
+//! The executor: graph → (specialised, decomposed, pruned) plan → backend.
+//!
+//! [`Executable::compile`] checks the graph against a [`Backend`];
+//! [`Executable::run`] specialises the graph for the inputs' concrete shapes
+//! (cached per shape signature), then walks the plan, calling the backend for
+//! each op and handling sources and state itself. Values are dropped after
+//! their last use so that buffers can be reused and variables written in place.
+//!
+//! This is the straightforward executor of the core; the optimising compiler
+//! (fusion, memory planning) plugs in between specialisation and execution.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Node, TensorType, Value, VarId};
+use crate::ops::Op;
+use crate::passes;
+use crate::tensor::Tensor;
+
+/// A device that runs ops. CPU and CUDA implement it; core knows no backend.
+pub trait Backend: Send + Sync {
+    /// Short name, e.g. `cpu`.
+    fn name(&self) -> &str;
+    /// Whether the backend runs this node directly. For a composite op, `false`
+    /// makes the compiler decompose it; for a primitive, `false` is an error
+    /// until placement with fallback exists.
+    fn supports(&self, node: &Node) -> bool;
+    /// Runs `node` (whose output types are concrete) on `inputs`.
+    fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Vec<Tensor>>;
+}
+
+/// Options for [`Executable::compile`].
+#[derive(Debug, Clone, Default)]
+pub struct CompileOptions {
+    /// Decompose every composite op into primitives, even those the backend
+    /// implements (a reference for checking fused kernels).
+    pub decompose_all: bool,
+}
+
+/// Variables' values: the state one sequence carries across runs.
+#[derive(Debug, Clone)]
+pub struct State {
+    values: Vec<Tensor>,
+}
+
+impl State {
+    /// A fresh state holding each variable's initial value.
+    pub fn new(graph: &Graph) -> State {
+        State { values: graph.variables().iter().map(|v| v.initial.clone()).collect() }
+    }
+    /// The current value of a variable.
+    pub fn get(&self, var: VarId) -> &Tensor {
+        &self.values[var.0 as usize]
+    }
+    /// Replaces a variable's value (dtype and shape must match).
+    pub fn set(&mut self, var: VarId, value: Tensor) -> Result<()> {
+        let cur = self
+            .values
+            .get_mut(var.0 as usize)
+            .ok_or_else(|| Error::invalid(format!("variable #{} does not exist", var.0)))?;
+        if cur.dtype() != value.dtype() || cur.shape() != value.shape() {
+            return Err(Error::invalid(format!(
+                "cannot set variable #{} of {} {:?} to {} {:?}",
+                var.0,
+                cur.dtype(),
+                cur.shape(),
+                value.dtype(),
+                value.shape()
+            )));
+        }
+        *cur = value;
+        Ok(())
+    }
+}
+
+/// A graph specialised for one set of input shapes, ready to execute.
+#[derive(Debug)]
+pub struct Plan {
+    /// The concrete, decomposed graph.
+    pub graph: Graph,
+    /// Its outputs.
+    pub outputs: Vec<Value>,
+    /// Nodes to execute, in order.
+    pub steps: Vec<usize>,
+    /// For each node, how many times each of its outputs is consumed by steps and outputs.
+    uses: Vec<Vec<u32>>,
+}
+
+/// A compiled graph: runs with [`Executable::run`] on any number of [`State`]s.
+pub struct Executable {
+    graph: Graph,
+    outputs: Vec<Value>,
+    backend: Arc<dyn Backend>,
+    options: CompileOptions,
+    plans: Mutex<HashMap<Vec<TensorType>, Arc<Plan>>>,
+}
+
+impl std::fmt::Debug for Executable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executable").field("backend", &self.backend.name()).field("outputs", &self.outputs).finish()
+    }
+}
+
+impl Executable {
+    /// Prepares `graph` to compute `outputs` on `backend`.
+    ///
+    /// Checks that the backend can run every primitive op the graph uses
+    /// (composites it lacks are decomposed), so unsupported ops fail here, not
+    /// halfway through a run.
+    pub fn compile(graph: &Graph, outputs: &[Value], backend: Arc<dyn Backend>, options: CompileOptions) -> Result<Executable> {
+        for v in outputs {
+            if v.node.0 as usize >= graph.nodes().len() || v.output as usize >= graph.node(v.node).outputs.len() {
+                return Err(Error::invalid(format!("output {v:?} is not a value of this graph")));
+            }
+        }
+        let live = passes::prune::live_nodes(graph, outputs);
+        for (node, _) in graph.nodes().iter().zip(&live).filter(|(_, l)| **l) {
+            let handled_by_executor = matches!(
+                node.op,
+                Op::Placeholder { .. } | Op::Constant(_) | Op::ReadVariable(_) | Op::Assign(_) | Op::SliceUpdate(_)
+            );
+            if !handled_by_executor && !node.op.is_composite() && !backend.supports(node) {
+                return Err(Error::Unsupported {
+                    backend: backend.name().to_string(),
+                    node: node.name.clone(),
+                    op: node.op.kind(),
+                    message: "no kernel for this op and no decomposition".into(),
+                });
+            }
+        }
+        Ok(Executable { graph: graph.clone(), outputs: outputs.to_vec(), backend, options, plans: Mutex::new(HashMap::new()) })
+    }
+
+    /// The source graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// A fresh [`State`] with the variables' initial values.
+    pub fn new_state(&self) -> State {
+        State::new(&self.graph)
+    }
+
+    /// The plan for inputs of these types (built and cached on first use).
+    pub fn plan_for(&self, input_types: &[TensorType]) -> Result<Arc<Plan>> {
+        if let Some(p) = self.plans.lock().map_err(|_| Error::invalid("plan cache poisoned"))?.get(input_types) {
+            return Ok(p.clone());
+        }
+        let concrete = passes::specialize::specialize(&self.graph, input_types)?;
+        let backend = self.backend.clone();
+        let decompose_all = self.options.decompose_all;
+        let keep = move |n: &Node| !decompose_all && backend.supports(n);
+        let (graph, outputs) = passes::decompose::decompose(&concrete, &self.outputs, &keep)?;
+        let live = passes::prune::live_nodes(&graph, &outputs);
+        let steps: Vec<usize> = (0..graph.nodes().len()).filter(|&i| live[i]).collect();
+        let mut uses: Vec<Vec<u32>> = graph.nodes().iter().map(|n| vec![0; n.outputs.len()]).collect();
+        for &i in &steps {
+            for v in &graph.nodes()[i].inputs {
+                uses[v.node.0 as usize][v.output as usize] += 1;
+            }
+        }
+        for v in &outputs {
+            uses[v.node.0 as usize][v.output as usize] += 1;
+        }
+        let plan = Arc::new(Plan { graph, outputs, steps, uses });
+        self.plans
+            .lock()
+            .map_err(|_| Error::invalid("plan cache poisoned"))?
+            .insert(input_types.to_vec(), plan.clone());
+        Ok(plan)
+    }
+
+    /// Runs the graph on `inputs` (by placeholder name), reading and updating `state`.
+    /// Returns the outputs in the order given to [`Executable::compile`].
+    pub fn run(&self, inputs: &[(&str, Tensor)], state: &mut State) -> Result<Vec<Tensor>> {
+        let placeholders = self.graph.placeholders();
+        for (name, _) in inputs {
+            if !placeholders.iter().any(|(p, _)| p == name) {
+                return Err(Error::UnknownInput {
+                    name: name.to_string(),
+                    known: placeholders.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", "),
+                });
+            }
+        }
+        let mut ordered: Vec<Tensor> = Vec::with_capacity(placeholders.len());
+        for (name, v) in &placeholders {
+            let t = inputs.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone()).ok_or_else(|| {
+                let ty = self.graph.ty(*v);
+                Error::MissingInput { name: name.to_string(), dtype: ty.dtype.to_string(), shape: ty.shape.to_string() }
+            })?;
+            ordered.push(t);
+        }
+        if state.values.len() != self.graph.variables().len()
+            || state.values.iter().zip(self.graph.variables()).any(|(s, v)| s.dtype() != v.initial.dtype())
+        {
+            return Err(Error::invalid("this State was made for another graph; use Executable::new_state"));
+        }
+        let types: Vec<TensorType> = ordered.iter().map(passes::specialize::type_of).collect();
+        let plan = self.plan_for(&types)?;
+        self.execute(&plan, ordered, state)
+    }
+
+    fn execute(&self, plan: &Plan, inputs: Vec<Tensor>, state: &mut State) -> Result<Vec<Tensor>> {
+        let g = &plan.graph;
+        let mut values: Vec<Vec<Option<Tensor>>> = g.nodes().iter().map(|n| vec![None; n.outputs.len()]).collect();
+        let mut remaining = plan.uses.clone();
+        let mut inputs = inputs.into_iter();
+        let mut placeholder_slots: HashMap<usize, Tensor> = HashMap::new();
+        for (i, n) in g.nodes().iter().enumerate() {
+            if matches!(n.op, Op::Placeholder { .. }) {
+                placeholder_slots.insert(i, inputs.next().expect("one input per placeholder"));
+            }
+        }
+        for &i in &plan.steps {
+            let node = &g.nodes()[i];
+            let mut args = Vec::with_capacity(node.inputs.len());
+            for v in &node.inputs {
+                let (ni, oi) = (v.node.0 as usize, v.output as usize);
+                remaining[ni][oi] -= 1;
+                let t = if remaining[ni][oi] == 0 { values[ni][oi].take() } else { values[ni][oi].clone() };
+                args.push(t.ok_or_else(|| Error::invalid(format!("internal: value of `{}` missing", g.nodes()[ni].name)))?);
+            }
+            let outs = match &node.op {
+                Op::Placeholder { .. } => vec![placeholder_slots.remove(&i).expect("placeholder input")],
+                Op::Constant(t) => vec![t.clone()],
+                Op::ReadVariable(var) => vec![state.values[var.0 as usize].clone()],
+                Op::Assign(var) => {
+                    state.values[var.0 as usize] = args.pop().expect("assign has one input");
+                    vec![]
+                }
+                Op::SliceUpdate(var) => {
+                    let starts = args[1].to_f64_vec();
+                    if starts.iter().any(|&s| s < 0.0) {
+                        return Err(Error::node(node.name.clone(), "slice_update", format!("negative start {starts:?}")));
+                    }
+                    let starts: Vec<usize> = starts.iter().map(|&s| s as usize).collect();
+                    let target = &mut state.values[var.0 as usize];
+                    target.write_slice(&starts, &args[0]).map_err(|e| Error::node(node.name.clone(), "slice_update", e.to_string()))?;
+                    vec![]
+                }
+                _ => self.backend.execute(node, &args)?,
+            };
+            drop(args);
+            if outs.len() != node.outputs.len() {
+                return Err(Error::node(
+                    node.name.clone(),
+                    node.op.kind(),
+                    format!("backend returned {} outputs, expected {}", outs.len(), node.outputs.len()),
+                ));
+            }
+            for (slot, t) in values[i].iter_mut().zip(outs) {
+                *slot = Some(t);
+            }
+        }
+        plan.outputs
+            .iter()
+            .map(|v| {
+                values[v.node.0 as usize][v.output as usize]
+                    .clone()
+                    .ok_or_else(|| Error::invalid("internal: output value missing"))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,45 @@
+//! Decomposition: replaces composite ops (softmax, layer_norm, sdpa, gelu, ...)
+//! by their definitions in primitive ops, for every composite node that
+//! `keep` rejects. Decomposed nodes are named under the composite's name
+//! (`block/softmax_7/exp_31`), so tools can group them back.
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, Node, Value};
+
+/// Rebuilds `graph` with every composite node for which `keep(node)` is false
+/// replaced by its decomposition, repeated until none is left (a decomposition
+/// may itself use composites, e.g. layer_norm uses rsqrt). Returns the new graph
+/// and `outputs` mapped into it.
+pub fn decompose(graph: &Graph, outputs: &[Value], keep: &dyn Fn(&Node) -> bool) -> Result<(Graph, Vec<Value>)> {
+    let pending = |g: &Graph| g.nodes().iter().any(|n| n.op.is_composite() && !keep(n));
+    if !pending(graph) {
+        return Ok((graph.clone(), outputs.to_vec()));
+    }
+    let (mut g, mut outs) = decompose_once(graph, outputs, keep)?;
+    for _ in 0..16 {
+        if !pending(&g) {
+            return Ok((g, outs));
+        }
+        (g, outs) = decompose_once(&g, &outs, keep)?;
+    }
+    Err(Error::invalid("decomposition did not terminate after 16 rounds (a composite decomposes into itself)"))
+}
+
+fn decompose_once(graph: &Graph, outputs: &[Value], keep: &dyn Fn(&Node) -> bool) -> Result<(Graph, Vec<Value>)> {
+    let mut out = graph.empty_like();
+    let mut map: Vec<Vec<Value>> = Vec::with_capacity(graph.nodes().len());
+    for node in graph.nodes() {
+        let inputs: Vec<Value> = node.inputs.iter().map(|v| map[v.node.0 as usize][v.output as usize]).collect();
+        let values = if node.op.is_composite() && !keep(node) {
+            out.push_scope(&node.name);
+            let produced = node.op.decompose(&mut out, &inputs);
+            out.pop_scope();
+            produced.ok_or_else(|| Error::invalid(format!("composite op {} has no decomposition", node.op.kind())))??
+        } else {
+            out.copy_node(node, &inputs)?
+        };
+        map.push(values);
+    }
+    let outputs = outputs.iter().map(|v| map[v.node.0 as usize][v.output as usize]).collect();
+    Ok((out, outputs))
+}

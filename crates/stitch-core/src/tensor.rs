@@ -1,0 +1,506 @@
+//! Host tensors: a shared byte buffer plus a strided layout.
+//!
+//! A [`Tensor`] is `(Arc<Buffer>, dtype, shape, strides, offset)`. Reshape (when
+//! the strides allow), permute, slice with step, broadcast and `as_strided` are
+//! views: they share the buffer and copy nothing. Writing goes through
+//! copy-on-write ([`Tensor::make_contiguous_mut`], [`Tensor::buffer_mut`]), so
+//! a view never observes a later write to the tensor it came from.
+//!
+//! This type is host memory only; device buffers belong to their backend.
+
+use std::sync::Arc;
+
+use crate::dtype::{DType, Element};
+use crate::error::{Error, Result};
+use crate::shape::{contiguous_strides, Shape};
+
+/// An 8-byte aligned, reference-counted byte buffer in host memory.
+#[derive(Clone)]
+pub struct Buffer {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Buffer {
+    /// A zero-filled buffer of `len` bytes.
+    pub fn zeroed(len: usize) -> Buffer {
+        Buffer { words: vec![0u64; len.div_ceil(8)], len }
+    }
+    /// A buffer holding a copy of `bytes`.
+    pub fn from_bytes(bytes: &[u8]) -> Buffer {
+        let mut b = Buffer::zeroed(bytes.len());
+        b.as_bytes_mut().copy_from_slice(bytes);
+        b
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True when the buffer holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.words)[..self.len]
+    }
+    /// The bytes, mutably.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut(&mut self.words)[..self.len]
+    }
+    /// The buffer viewed as elements of `T` (the byte length must be a multiple of its size).
+    pub fn as_slice<T: Element>(&self) -> &[T] {
+        bytemuck::cast_slice(self.as_bytes())
+    }
+    /// The buffer viewed as mutable elements of `T`.
+    pub fn as_slice_mut<T: Element>(&mut self) -> &mut [T] {
+        bytemuck::cast_slice_mut(self.as_bytes_mut())
+    }
+    /// Address of the first byte (for identity checks in tests and the profiler).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.words.as_ptr() as *const u8
+    }
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Buffer({} bytes)", self.len)
+    }
+}
+
+/// A dense n-dimensional array in host memory, possibly a strided view.
+///
+/// ```
+/// use stitch_core::Tensor;
+/// let t = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
+/// let tt = t.permute(&[1, 0]).unwrap();            // a view, no copy
+/// assert_eq!(tt.shape(), &[3, 2]);
+/// assert_eq!(tt.to_vec::<f32>().unwrap(), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+/// let s = t.slice(1, 0, 3, 2).unwrap();              // columns 0 and 2
+/// assert_eq!(s.to_vec::<f32>().unwrap(), vec![1.0, 3.0, 4.0, 6.0]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    buffer: Arc<Buffer>,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Strides in elements; may be zero (broadcast) or negative (reversed slice).
+    strides: Vec<isize>,
+    /// Offset of element [0, 0, ...] in elements.
+    offset: usize,
+}
+
+impl Tensor {
+    /// A contiguous tensor over a fresh buffer of zeros.
+    pub fn zeros(dtype: DType, shape: &[usize]) -> Tensor {
+        let n: usize = shape.iter().product();
+        Tensor::from_buffer(Buffer::zeroed(n * dtype.size_in_bytes()), dtype, shape)
+    }
+
+    /// A contiguous tensor owning `data`.
+    pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(Error::invalid(format!(
+                "Tensor::from_vec: {} elements do not fill shape {:?} ({} elements)",
+                data.len(),
+                shape,
+                n
+            )));
+        }
+        Ok(Tensor::from_buffer(
+            Buffer::from_bytes(bytemuck::cast_slice(&data)),
+            T::DTYPE,
+            shape,
+        ))
+    }
+
+    /// A contiguous tensor of `dtype` from f64 values, converted per [`Element::from_f64`].
+    pub fn from_f64(dtype: DType, data: &[f64], shape: &[usize]) -> Result<Tensor> {
+        crate::dispatch_dtype!(dtype, T => Tensor::from_vec(data.iter().map(|&v| T::from_f64(v)).collect::<Vec<T>>(), shape))
+    }
+
+    /// A rank-0 tensor.
+    pub fn scalar<T: Element>(v: T) -> Tensor {
+        Tensor::from_buffer(Buffer::from_bytes(bytemuck::bytes_of(&v)), T::DTYPE, &[])
+    }
+
+    /// A contiguous tensor over `buffer`, which must hold exactly the elements of `shape`.
+    ///
+    /// # Panics
+    /// If the buffer's length does not match; this is a programming error, not user input.
+    pub fn from_buffer(buffer: Buffer, dtype: DType, shape: &[usize]) -> Tensor {
+        let n: usize = shape.iter().product();
+        assert_eq!(buffer.len(), n * dtype.size_in_bytes(), "buffer length does not match shape");
+        Tensor {
+            buffer: Arc::new(buffer),
+            dtype,
+            strides: contiguous_strides(shape),
+            shape: shape.to_vec(),
+            offset: 0,
+        }
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Concrete shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// The shape as a graph [`Shape`].
+    pub fn graph_shape(&self) -> Shape {
+        Shape::known(&self.shape)
+    }
+    /// Strides in elements.
+    pub fn strides(&self) -> &[isize] {
+        &self.strides
+    }
+    /// Offset of the first element, in elements.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// The underlying buffer (shared with views).
+    pub fn buffer(&self) -> &Arc<Buffer> {
+        &self.buffer
+    }
+
+    /// True when the elements are laid out densely in row-major order (offset may be non-zero).
+    pub fn is_contiguous(&self) -> bool {
+        let mut expect = 1isize;
+        for i in (0..self.shape.len()).rev() {
+            if self.shape[i] != 1 && self.strides[i] != expect {
+                return false;
+            }
+            expect *= self.shape[i] as isize;
+        }
+        true
+    }
+
+    /// The elements as a slice, if contiguous.
+    pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
+        self.check_dtype::<T>()?;
+        if !self.is_contiguous() {
+            return Err(Error::invalid("as_slice on a non-contiguous view; call contiguous() first"));
+        }
+        Ok(&self.buffer.as_slice::<T>()[self.offset..self.offset + self.numel()])
+    }
+
+    /// The elements as a mutable slice, after making the tensor contiguous and its
+    /// buffer unshared (copy-on-write).
+    pub fn make_contiguous_mut<T: Element>(&mut self) -> Result<&mut [T]> {
+        self.check_dtype::<T>()?;
+        if !self.is_contiguous() || self.buffer.len() != self.numel() * self.dtype.size_in_bytes() {
+            *self = self.contiguous_copy();
+        }
+        let n = self.numel();
+        let off = self.offset;
+        Ok(&mut Arc::make_mut(&mut self.buffer).as_slice_mut::<T>()[off..off + n])
+    }
+
+    /// The buffer, unshared first if another tensor holds it (copy-on-write).
+    /// Layout is unchanged; writes go to `offset + Σ index·stride`.
+    pub fn buffer_mut(&mut self) -> &mut Buffer {
+        Arc::make_mut(&mut self.buffer)
+    }
+
+    fn check_dtype<T: Element>(&self) -> Result<()> {
+        if T::DTYPE != self.dtype {
+            return Err(Error::invalid(format!(
+                "tensor has dtype {} but {} was requested",
+                self.dtype,
+                T::DTYPE
+            )));
+        }
+        Ok(())
+    }
+
+    /// Element offsets (in elements, into the buffer) in row-major order of the view.
+    pub fn element_offsets(&self) -> StridedOffsets<'_> {
+        StridedOffsets::new(&self.shape, &self.strides, self.offset)
+    }
+
+    /// A contiguous copy (always copies).
+    pub fn contiguous_copy(&self) -> Tensor {
+        let es = self.dtype.size_in_bytes();
+        let mut out = Buffer::zeroed(self.numel() * es);
+        let src = self.buffer.as_bytes();
+        let dst = out.as_bytes_mut();
+        for (i, off) in self.element_offsets().enumerate() {
+            dst[i * es..(i + 1) * es].copy_from_slice(&src[off * es..(off + 1) * es]);
+        }
+        Tensor::from_buffer(out, self.dtype, &self.shape)
+    }
+
+    /// This tensor if it is already contiguous, else a contiguous copy.
+    pub fn contiguous(&self) -> Tensor {
+        if self.is_contiguous() {
+            self.clone()
+        } else {
+            self.contiguous_copy()
+        }
+    }
+
+    /// The elements in row-major order as `Vec<T>` (dtype must match).
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        self.check_dtype::<T>()?;
+        let data = self.buffer.as_slice::<T>();
+        Ok(self.element_offsets().map(|o| data[o]).collect())
+    }
+
+    /// The elements converted to f64, in row-major order.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        crate::dispatch_dtype!(self.dtype, T => {
+            let data = self.buffer.as_slice::<T>();
+            self.element_offsets().map(|o| data[o].to_f64()).collect()
+        })
+    }
+
+    /// Reshape. A view when the layout allows (contiguous input), else a copy.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != self.numel() {
+            return Err(Error::invalid(format!(
+                "cannot reshape {:?} ({} elements) to {:?} ({} elements)",
+                self.shape,
+                self.numel(),
+                shape,
+                n
+            )));
+        }
+        let base = self.contiguous();
+        Ok(Tensor {
+            buffer: base.buffer,
+            dtype: base.dtype,
+            strides: contiguous_strides(shape),
+            shape: shape.to_vec(),
+            offset: base.offset,
+        })
+    }
+
+    /// Reorder axes: output axis i is input axis `perm[i]`. A view.
+    pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
+        let r = self.rank();
+        let mut seen = vec![false; r];
+        if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
+            return Err(Error::invalid(format!("permutation {perm:?} is not a permutation of 0..{r}")));
+        }
+        Ok(Tensor {
+            buffer: self.buffer.clone(),
+            dtype: self.dtype,
+            shape: perm.iter().map(|&p| self.shape[p]).collect(),
+            strides: perm.iter().map(|&p| self.strides[p]).collect(),
+            offset: self.offset,
+        })
+    }
+
+    /// Swap two axes. A view.
+    pub fn transpose(&self, a: usize, b: usize) -> Result<Tensor> {
+        let mut perm: Vec<usize> = (0..self.rank()).collect();
+        if a >= perm.len() || b >= perm.len() {
+            return Err(Error::invalid(format!("transpose axes {a}, {b} out of range for rank {}", self.rank())));
+        }
+        perm.swap(a, b);
+        self.permute(&perm)
+    }
+
+    /// Elements `start, start+step, ...` before `end` along `axis` (step may be
+    /// negative: then it walks from `start` down to, not including, `end`; use
+    /// `end = -1` to include index 0). `start`/`end` are clamped like Python slices
+    /// with already-normalised (non-negative for positive step) bounds. A view.
+    pub fn slice(&self, axis: usize, start: isize, end: isize, step: isize) -> Result<Tensor> {
+        if axis >= self.rank() {
+            return Err(Error::invalid(format!("slice axis {axis} out of range for rank {}", self.rank())));
+        }
+        if step == 0 {
+            return Err(Error::invalid("slice step must not be 0"));
+        }
+        let dim = self.shape[axis] as isize;
+        let (start, len) = if step > 0 {
+            let s = start.clamp(0, dim);
+            let e = end.clamp(0, dim);
+            (s, if e > s { (e - s + step - 1) / step } else { 0 })
+        } else {
+            let s = start.clamp(-1, dim - 1);
+            let e = end.clamp(-1, dim - 1);
+            (s, if s > e { (s - e + (-step) - 1) / (-step) } else { 0 })
+        };
+        let mut t = self.clone();
+        t.shape[axis] = len as usize;
+        if len > 0 {
+            t.offset = (self.offset as isize + start * self.strides[axis]) as usize;
+        }
+        t.strides[axis] = self.strides[axis] * step;
+        Ok(t)
+    }
+
+    /// Numpy broadcast to `shape` (right-aligned; size-1 axes get stride 0). A view.
+    pub fn broadcast_to(&self, shape: &[usize]) -> Result<Tensor> {
+        if shape.len() < self.rank() {
+            return Err(Error::invalid(format!("cannot broadcast {:?} to lower rank {:?}", self.shape, shape)));
+        }
+        let lead = shape.len() - self.rank();
+        let mut strides = vec![0isize; shape.len()];
+        for i in 0..self.rank() {
+            let (d, t) = (self.shape[i], shape[lead + i]);
+            strides[lead + i] = if d == t {
+                self.strides[i]
+            } else if d == 1 {
+                0
+            } else {
+                return Err(Error::invalid(format!("cannot broadcast {:?} to {:?}", self.shape, shape)));
+            };
+        }
+        Ok(Tensor {
+            buffer: self.buffer.clone(),
+            dtype: self.dtype,
+            shape: shape.to_vec(),
+            strides,
+            offset: self.offset,
+        })
+    }
+
+    /// Insert a size-1 axis at `axis`. A view.
+    pub fn unsqueeze(&self, axis: usize) -> Result<Tensor> {
+        if axis > self.rank() {
+            return Err(Error::invalid(format!("unsqueeze axis {axis} out of range for rank {}", self.rank())));
+        }
+        let mut t = self.clone();
+        t.shape.insert(axis, 1);
+        t.strides.insert(axis, 0);
+        Ok(t)
+    }
+
+    /// A view with arbitrary shape, strides and offset (in elements) over the same buffer.
+    /// Every reachable element must lie inside the buffer.
+    pub fn as_strided(&self, shape: &[usize], strides: &[isize], offset: usize) -> Result<Tensor> {
+        if shape.len() != strides.len() {
+            return Err(Error::invalid(format!("as_strided: shape {shape:?} and strides {strides:?} differ in rank")));
+        }
+        let cap = (self.buffer.len() / self.dtype.size_in_bytes()) as isize;
+        if shape.iter().product::<usize>() > 0 {
+            let (mut lo, mut hi) = (offset as isize, offset as isize);
+            for (&d, &s) in shape.iter().zip(strides) {
+                let span = (d as isize - 1) * s;
+                if span < 0 {
+                    lo += span;
+                } else {
+                    hi += span;
+                }
+            }
+            if lo < 0 || hi >= cap {
+                return Err(Error::invalid(format!(
+                    "as_strided: shape {shape:?} strides {strides:?} offset {offset} reaches elements {lo}..={hi} outside the buffer of {cap} elements"
+                )));
+            }
+        }
+        Ok(Tensor {
+            buffer: self.buffer.clone(),
+            dtype: self.dtype,
+            shape: shape.to_vec(),
+            strides: strides.to_vec(),
+            offset,
+        })
+    }
+
+    /// The element at a multi-index, as f64.
+    pub fn get_f64(&self, index: &[usize]) -> Result<f64> {
+        if index.len() != self.rank() || index.iter().zip(&self.shape).any(|(&i, &d)| i >= d) {
+            return Err(Error::invalid(format!("index {index:?} out of bounds for shape {:?}", self.shape)));
+        }
+        let off = self.offset as isize + index.iter().zip(&self.strides).map(|(&i, &s)| i as isize * s).sum::<isize>();
+        Ok(crate::dispatch_dtype!(self.dtype, T => self.buffer.as_slice::<T>()[off as usize].to_f64()))
+    }
+}
+
+/// Iterator over the buffer offsets of a strided view, in row-major order.
+pub struct StridedOffsets<'a> {
+    shape: &'a [usize],
+    strides: &'a [isize],
+    index: Vec<usize>,
+    current: isize,
+    remaining: usize,
+}
+
+impl<'a> StridedOffsets<'a> {
+    /// Offsets for a layout.
+    pub fn new(shape: &'a [usize], strides: &'a [isize], offset: usize) -> Self {
+        StridedOffsets {
+            shape,
+            strides,
+            index: vec![0; shape.len()],
+            current: offset as isize,
+            remaining: shape.iter().product(),
+        }
+    }
+}
+
+impl Iterator for StridedOffsets<'_> {
+    type Item = usize;
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let out = self.current as usize;
+        self.remaining -= 1;
+        if self.remaining > 0 {
+            let mut ax = self.shape.len();
+            while ax > 0 {
+                ax -= 1;
+                self.index[ax] += 1;
+                self.current += self.strides[ax];
+                if self.index[ax] < self.shape[ax] {
+                    break;
+                }
+                self.current -= self.strides[ax] * self.shape[ax] as isize;
+                self.index[ax] = 0;
+            }
+        }
+        Some(out)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl ExactSizeIterator for StridedOffsets<'_> {}
+
+impl Tensor {
+    /// Writes `src` into this tensor's region starting at `starts` (one per axis),
+    /// in place: the buffer is reused unless another tensor shares it
+    /// (copy-on-write). `src` must have this tensor's dtype and rank and fit.
+    pub fn write_slice(&mut self, starts: &[usize], src: &Tensor) -> Result<()> {
+        if src.dtype != self.dtype || src.rank() != self.rank() || starts.len() != self.rank() {
+            return Err(Error::invalid(format!(
+                "write_slice: cannot write {} {:?} at {:?} into {} {:?}",
+                src.dtype, src.shape, starts, self.dtype, self.shape
+            )));
+        }
+        if let Some(ax) = (0..self.rank()).find(|&i| starts[i].checked_add(src.shape[i]).is_none_or(|e| e > self.shape[i])) {
+            return Err(Error::invalid(format!(
+                "write_slice: {:?} at start {:?} does not fit in {:?} (axis {ax})",
+                src.shape, starts, self.shape
+            )));
+        }
+        let es = self.dtype.size_in_bytes();
+        let base = self.offset as isize + starts.iter().zip(&self.strides).map(|(&s, &st)| s as isize * st).sum::<isize>();
+        let strides = self.strides.clone();
+        let src_bytes = src.buffer.as_bytes();
+        let dst = Arc::make_mut(&mut self.buffer).as_bytes_mut();
+        let dst_offsets = StridedOffsets::new(&src.shape, &strides, base.max(0) as usize);
+        for (d, s) in dst_offsets.zip(src.element_offsets()) {
+            dst[d * es..(d + 1) * es].copy_from_slice(&src_bytes[s * es..(s + 1) * es]);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! # stitch-cpu
+//!
+//! The CPU backend: a multi-threaded (rayon) kernel for every primitive stitch
+//! op, plus fused kernels for softmax, log-softmax, layer norm and RMS norm.
+//! Matmul goes through the `gemm` crate (f32, f64, f16; bf16 by conversion).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use stitch_core::{CompileOptions, DType, Executable, Graph, Tensor};
+//! use stitch_cpu::CpuBackend;
+//!
+//! let mut g = Graph::new();
+//! let x = g.placeholder("x", DType::F32, [2, 3]);
+//! let y = g.softmax(x, -1)?;
+//! let exe = Executable::compile(&g, &[y], Arc::new(CpuBackend::new()), CompileOptions::default())?;
+//! let x = Tensor::from_vec(vec![1f32, 2.0, 3.0, 1.0, 1.0, 1.0], &[2, 3])?;
+//! let out = exe.run(&[("x", x)], &mut exe.new_state())?;
+//! let p = out[0].to_vec::<f32>()?;
+//! assert!((p[3] - 1.0 / 3.0).abs() < 1e-6);
+//! # Ok::<(), stitch_core::Error>(())
+//! ```
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod kernels;
+
+use stitch_core::{Backend, Error, Node, Result, Tensor};
+
+/// The CPU backend. Threads come from rayon's global pool (`RAYON_NUM_THREADS`).
+#[derive(Debug, Clone, Default)]
+pub struct CpuBackend {}
+
+impl CpuBackend {
+    /// A CPU backend.
+    pub fn new() -> CpuBackend {
+        CpuBackend {}
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &str {
+        "cpu"
+    }
+
+    fn supports(&self, node: &Node) -> bool {
+        // Every primitive has a kernel; composites run fused where a kernel exists
+        // and are decomposed otherwise.
+        !node.op.is_composite() || kernels::has_fused(&node.op)
+    }
+
+    fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        kernels::execute(&node.op, inputs, &node.outputs)
+            .map_err(|e| match e {
+                Error::Invalid(m) => Error::node(node.name.clone(), node.op.kind(), m),
+                other => other,
+            })
+    }
+}
