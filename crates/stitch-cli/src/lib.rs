@@ -1,0 +1,6 @@
+//! The library behind the `stitch` command: each subcommand is a function here
+//! so tests can call it; `main.rs` only parses arguments.
+
+pub mod demo;
+pub mod info;
+pub mod ops_table;
