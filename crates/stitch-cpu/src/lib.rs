@@ -56,3 +56,8 @@ impl Backend for CpuBackend {
             })
     }
 }
+
+/// The README's code examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
