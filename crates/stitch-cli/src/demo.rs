@@ -36,7 +36,16 @@ pub struct DemoConfig {
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        DemoConfig { batch: 2, seq: 128, dim: 256, heads: 8, kv_heads: 2, hidden: 688, seed: 0, runs: 10 }
+        DemoConfig {
+            batch: 2,
+            seq: 128,
+            dim: 256,
+            heads: 8,
+            kv_heads: 2,
+            hidden: 688,
+            seed: 0,
+            runs: 10,
+        }
     }
 }
 
@@ -75,7 +84,14 @@ fn random(rng: &mut ChaCha8Rng, shape: &[usize], scale: f64) -> Result<Tensor> {
 
 /// Builds the block; returns the graph, its input and its output.
 pub fn build_block(cfg: &DemoConfig) -> Result<(Graph, Value)> {
-    let DemoConfig { seq, dim, heads, kv_heads, hidden, .. } = *cfg;
+    let DemoConfig {
+        seq,
+        dim,
+        heads,
+        kv_heads,
+        hidden,
+        ..
+    } = *cfg;
     if heads == 0 || kv_heads == 0 || dim % heads != 0 || heads % kv_heads != 0 || (dim / heads) % 2 != 0 {
         return Err(stitch_core::Error::invalid(format!(
             "demo needs dim divisible by heads with an even head size, and heads divisible by kv heads (dim {dim}, heads {heads}, kv heads {kv_heads})"
@@ -84,7 +100,11 @@ pub fn build_block(cfg: &DemoConfig) -> Result<(Graph, Value)> {
     let hd = dim / heads;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut g = Graph::new();
-    let x = g.placeholder("x", DType::F32, vec![Dim::sym("batch"), Dim::Known(seq), Dim::Known(dim)]);
+    let x = g.placeholder(
+        "x",
+        DType::F32,
+        vec![Dim::sym("batch"), Dim::Known(seq), Dim::Known(dim)],
+    );
     let mut weight = |g: &mut Graph, shape: &[usize]| -> Result<Value> {
         let fan_in = shape[0] as f64;
         Ok(g.constant(random(&mut rng, shape, 1.0 / fan_in.sqrt())?))
@@ -123,7 +143,16 @@ pub fn build_block(cfg: &DemoConfig) -> Result<(Graph, Value)> {
     };
     let q = rope(&mut g, q)?;
     let k = rope(&mut g, k)?;
-    let attn = g.sdpa(q, k, v, None, stitch_core::ops::SdpaAttrs { scale: None, causal: true })?;
+    let attn = g.sdpa(
+        q,
+        k,
+        v,
+        None,
+        stitch_core::ops::SdpaAttrs {
+            scale: None,
+            causal: true,
+        },
+    )?;
     let attn = g.transpose(attn, &[0, 2, 1, 3])?;
     let attn = g.reshape(attn, &[0, seq as i64, dim as i64])?;
     let o = g.matmul(attn, wo)?;
@@ -204,7 +233,14 @@ pub fn run_demo(cfg: &DemoConfig, backend: Arc<dyn Backend>) -> Result<DemoRepor
     let mean = a.iter().sum::<f64>() / n;
     let std = (a.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
 
-    let (b_, s, d, h, kvh, hid) = (cfg.batch as f64, cfg.seq as f64, cfg.dim as f64, cfg.heads as f64, cfg.kv_heads as f64, cfg.hidden as f64);
+    let (b_, s, d, h, kvh, hid) = (
+        cfg.batch as f64,
+        cfg.seq as f64,
+        cfg.dim as f64,
+        cfg.heads as f64,
+        cfg.kv_heads as f64,
+        cfg.hidden as f64,
+    );
     let hd = d / h;
     let proj = 2.0 * b_ * s * d * (d + 2.0 * kvh * hd + d);
     let attn = 2.0 * 2.0 * b_ * h * s * s * hd;

@@ -41,7 +41,12 @@ pub fn simd_features() -> Vec<&'static str> {
 pub fn report() -> String {
     let mut s = String::new();
     let _ = writeln!(s, "stitch {}", env!("CARGO_PKG_VERSION"));
-    let _ = writeln!(s, "build: {} profile, target {}", if cfg!(debug_assertions) { "debug" } else { "release" }, std::env::consts::ARCH);
+    let _ = writeln!(
+        s,
+        "build: {} profile, target {}",
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        std::env::consts::ARCH
+    );
     // Optional backends become cargo features as they land (cuda next).
     let _ = writeln!(s, "features: cpu");
     let _ = writeln!(s, "cache: {}", stitch_core::cache::cache_dir().display());

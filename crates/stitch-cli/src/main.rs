@@ -88,7 +88,10 @@ fn set_threads(threads: Option<usize>) -> Result<(), String> {
         if n == 0 {
             return Err("--threads must be at least 1".into());
         }
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| format!("cannot set up {n} threads: {e}"))?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| format!("cannot set up {n} threads: {e}"))?;
     }
     Ok(())
 }
@@ -97,11 +100,30 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), String> = match cli.command {
         Command::Info => print_text(&info::report()),
-        Command::Demo { batch, seq, dim, heads, kv_heads, hidden, seed, runs, threads, tolerance } => set_threads(threads)
-            .and_then(|_| {
-                let cfg = demo::DemoConfig { batch, seq, dim, heads, kv_heads, hidden, seed, runs: runs.max(1) };
-                run_demo(&cfg, tolerance)
-            }),
+        Command::Demo {
+            batch,
+            seq,
+            dim,
+            heads,
+            kv_heads,
+            hidden,
+            seed,
+            runs,
+            threads,
+            tolerance,
+        } => set_threads(threads).and_then(|_| {
+            let cfg = demo::DemoConfig {
+                batch,
+                seq,
+                dim,
+                heads,
+                kv_heads,
+                hidden,
+                seed,
+                runs: runs.max(1),
+            };
+            run_demo(&cfg, tolerance)
+        }),
         Command::Ops { markdown } => {
             let cpu = CpuBackend::new();
             let text = if markdown {
@@ -109,7 +131,9 @@ fn main() -> ExitCode {
             } else {
                 ops_table::catalog()
                     .iter()
-                    .map(|(family, op)| format!("{family:14} {:18} cpu: {}\n", op.kind(), ops_table::coverage(&cpu, op)))
+                    .map(|(family, op)| {
+                        format!("{family:14} {:18} cpu: {}\n", op.kind(), ops_table::coverage(&cpu, op))
+                    })
                     .collect()
             };
             print_text(&text)
@@ -137,8 +161,14 @@ fn run_demo(cfg: &demo::DemoConfig, tolerance: f64) -> Result<(), String> {
         rayon::current_num_threads()
     );
     let r = demo::run_demo(cfg, Arc::new(CpuBackend::new())).map_err(|e| e.to_string())?;
-    println!("graph: {} nodes; plan: {} steps with fused kernels, {} steps decomposed", r.graph_nodes, r.steps_fused, r.steps_decomposed);
-    println!("output {:?}: mean {:.6}, std {:.6}, first values {:?}", r.shape, r.mean, r.std, r.head);
+    println!(
+        "graph: {} nodes; plan: {} steps with fused kernels, {} steps decomposed",
+        r.graph_nodes, r.steps_fused, r.steps_decomposed
+    );
+    println!(
+        "output {:?}: mean {:.6}, std {:.6}, first values {:?}",
+        r.shape, r.mean, r.std, r.head
+    );
     let gflops = |d: std::time::Duration| r.flops / d.as_secs_f64().max(1e-12) / 1e9;
     println!(
         "time (median of {}): fused {:.3} ms ({:.1} GFLOP/s), decomposed {:.3} ms ({:.1} GFLOP/s)",
@@ -149,8 +179,14 @@ fn run_demo(cfg: &demo::DemoConfig, tolerance: f64) -> Result<(), String> {
         gflops(r.decomposed_median)
     );
     if r.max_rel_diff.is_nan() || r.max_rel_diff > tolerance {
-        return Err(format!("fused and decomposed outputs differ: max relative difference {:.3e} > tolerance {tolerance:.1e}", r.max_rel_diff));
+        return Err(format!(
+            "fused and decomposed outputs differ: max relative difference {:.3e} > tolerance {tolerance:.1e}",
+            r.max_rel_diff
+        ));
     }
-    println!("check: fused matches decomposed, max relative difference {:.3e} (tolerance {tolerance:.1e})", r.max_rel_diff);
+    println!(
+        "check: fused matches decomposed, max relative difference {:.3e} (tolerance {tolerance:.1e})",
+        r.max_rel_diff
+    );
     Ok(())
 }

@@ -22,34 +22,128 @@ pub fn catalog() -> Vec<(&'static str, Op)> {
     v.push(("elementwise", Op::Cast(DType::F32)));
     v.push(("elementwise", Op::Clamp { min: None, max: None }));
     for r in ReduceOp::ALL {
-        v.push(("reduction", Op::Reduce { op: r, axes: vec![], keepdims: false }));
+        v.push((
+            "reduction",
+            Op::Reduce {
+                op: r,
+                axes: vec![],
+                keepdims: false,
+            },
+        ));
     }
     for a in [ArgReduceOp::ArgMax, ArgReduceOp::ArgMin] {
-        v.push(("reduction", Op::ArgReduce { op: a, axis: 0, keepdims: false, select_last_index: false }));
+        v.push((
+            "reduction",
+            Op::ArgReduce {
+                op: a,
+                axis: 0,
+                keepdims: false,
+                select_last_index: false,
+            },
+        ));
     }
-    v.push(("reduction", Op::CumSum { axis: 0, exclusive: false, reverse: false }));
-    v.push(("reduction", Op::TopK { k: 1, axis: 0, largest: true, sorted: true }));
+    v.push((
+        "reduction",
+        Op::CumSum {
+            axis: 0,
+            exclusive: false,
+            reverse: false,
+        },
+    ));
+    v.push((
+        "reduction",
+        Op::TopK {
+            k: 1,
+            axis: 0,
+            largest: true,
+            sorted: true,
+        },
+    ));
     v.push(("normalization", Op::Softmax { axis: -1 }));
     v.push(("normalization", Op::LogSoftmax { axis: -1 }));
-    v.push(("normalization", Op::LayerNorm { axis: -1, epsilon: 1e-5 }));
-    v.push(("normalization", Op::RmsNorm { axis: -1, epsilon: 1e-5 }));
-    v.push(("linalg", Op::MatMul { transpose_a: false, transpose_b: false }));
-    v.push(("linalg", Op::Gemm { alpha: 1.0, beta: 1.0, transpose_a: false, transpose_b: false }));
+    v.push((
+        "normalization",
+        Op::LayerNorm {
+            axis: -1,
+            epsilon: 1e-5,
+        },
+    ));
+    v.push((
+        "normalization",
+        Op::RmsNorm {
+            axis: -1,
+            epsilon: 1e-5,
+        },
+    ));
+    v.push((
+        "linalg",
+        Op::MatMul {
+            transpose_a: false,
+            transpose_b: false,
+        },
+    ));
+    v.push((
+        "linalg",
+        Op::Gemm {
+            alpha: 1.0,
+            beta: 1.0,
+            transpose_a: false,
+            transpose_b: false,
+        },
+    ));
     v.push(("layout", Op::Reshape { shape: vec![] }));
     v.push(("layout", Op::Transpose { perm: vec![] }));
     v.push(("layout", Op::Expand { shape: vec![] }));
     v.push(("layout", Op::Squeeze { axes: vec![] }));
     v.push(("layout", Op::Unsqueeze { axes: vec![] }));
-    v.push(("layout", Op::Slice { starts: vec![], ends: vec![], axes: vec![], steps: vec![] }));
+    v.push((
+        "layout",
+        Op::Slice {
+            starts: vec![],
+            ends: vec![],
+            axes: vec![],
+            steps: vec![],
+        },
+    ));
     v.push(("layout", Op::Concat { axis: 0 }));
     v.push(("layout", Op::Split { axis: 0, sizes: vec![] }));
     v.push(("layout", Op::Tile { repeats: vec![] }));
-    v.push(("layout", Op::Pad { pads: vec![], mode: PadMode::Constant, value: 0.0 }));
+    v.push((
+        "layout",
+        Op::Pad {
+            pads: vec![],
+            mode: PadMode::Constant,
+            value: 0.0,
+        },
+    ));
     v.push(("indexing", Op::Gather { axis: 0 }));
     v.push(("indexing", Op::GatherElements { axis: 0 }));
-    v.push(("indexing", Op::ScatterElements { axis: 0, reduction: ScatterReduction::None }));
-    v.push(("indexing", Op::OneHot { depth: 1, axis: -1, dtype: DType::F32, on_value: 1.0, off_value: 0.0 }));
-    v.push(("indexing", Op::Range { start: 0.0, limit: 1.0, delta: 1.0, dtype: DType::I64 }));
+    v.push((
+        "indexing",
+        Op::ScatterElements {
+            axis: 0,
+            reduction: ScatterReduction::None,
+        },
+    ));
+    v.push((
+        "indexing",
+        Op::OneHot {
+            depth: 1,
+            axis: -1,
+            dtype: DType::F32,
+            on_value: 1.0,
+            off_value: 0.0,
+        },
+    ));
+    v.push((
+        "indexing",
+        Op::Range {
+            start: 0.0,
+            limit: 1.0,
+            delta: 1.0,
+            dtype: DType::I64,
+        },
+    ));
     v.push(("conv", Op::Conv(ConvAttrs::new(1))));
     v.push(("conv", Op::Conv(ConvAttrs::new(2))));
     v.push(("conv", Op::MaxPool(PoolAttrs::new(&[2]))));
@@ -64,10 +158,18 @@ pub fn catalog() -> Vec<(&'static str, Op)> {
 
 /// How `backend` runs `op`.
 pub fn coverage(backend: &dyn Backend, op: &Op) -> &'static str {
-    if matches!(op, Op::Placeholder { .. } | Op::Constant(_) | Op::ReadVariable(_) | Op::Assign(_) | Op::SliceUpdate(_)) {
+    if matches!(
+        op,
+        Op::Placeholder { .. } | Op::Constant(_) | Op::ReadVariable(_) | Op::Assign(_) | Op::SliceUpdate(_)
+    ) {
         return "executor";
     }
-    let node = Node { name: String::new(), op: op.clone(), inputs: vec![], outputs: vec![] };
+    let node = Node {
+        name: String::new(),
+        op: op.clone(),
+        inputs: vec![],
+        outputs: vec![],
+    };
     match (backend.supports(&node), op.is_composite()) {
         (true, true) => "fused kernel",
         (true, false) => "kernel",

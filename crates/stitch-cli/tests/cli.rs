@@ -7,25 +7,60 @@ use stitch_cli::{demo, ops_table};
 use stitch_cpu::CpuBackend;
 
 fn stitch(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_stitch")).args(args).env("RAYON_NUM_THREADS", "2").output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_stitch"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn demo_block_fused_matches_decomposed() {
-    let cfg = demo::DemoConfig { batch: 2, seq: 16, dim: 64, heads: 4, kv_heads: 2, hidden: 96, seed: 7, runs: 1 };
+    let cfg = demo::DemoConfig {
+        batch: 2,
+        seq: 16,
+        dim: 64,
+        heads: 4,
+        kv_heads: 2,
+        hidden: 96,
+        seed: 7,
+        runs: 1,
+    };
     let r = demo::run_demo(&cfg, Arc::new(CpuBackend::new())).unwrap();
     assert_eq!(r.shape, vec![2, 16, 64]);
-    assert!(r.max_rel_diff < 1e-5, "fused vs decomposed differ by {}", r.max_rel_diff);
+    assert!(
+        r.max_rel_diff < 1e-5,
+        "fused vs decomposed differ by {}",
+        r.max_rel_diff
+    );
     // The fused plan really is smaller: softmax, rms_norm and silu ran as single kernels.
-    assert!(r.steps_fused < r.steps_decomposed, "{} vs {}", r.steps_fused, r.steps_decomposed);
+    assert!(
+        r.steps_fused < r.steps_decomposed,
+        "{} vs {}",
+        r.steps_fused,
+        r.steps_decomposed
+    );
     // The output is not degenerate (the residual stream of random input has spread).
     assert!(r.std > 0.1 && r.mean.is_finite(), "mean {} std {}", r.mean, r.std);
 }
 
 #[test]
 fn demo_is_deterministic_per_seed_and_differs_across_seeds() {
-    let cfg = |seed| demo::DemoConfig { batch: 1, seq: 8, dim: 32, heads: 2, kv_heads: 1, hidden: 48, seed, runs: 1 };
+    let cfg = |seed| demo::DemoConfig {
+        batch: 1,
+        seq: 8,
+        dim: 32,
+        heads: 2,
+        kv_heads: 1,
+        hidden: 48,
+        seed,
+        runs: 1,
+    };
     let a = demo::run_demo(&cfg(1), Arc::new(CpuBackend::new())).unwrap();
     let b = demo::run_demo(&cfg(1), Arc::new(CpuBackend::new())).unwrap();
     let c = demo::run_demo(&cfg(2), Arc::new(CpuBackend::new())).unwrap();
@@ -35,14 +70,34 @@ fn demo_is_deterministic_per_seed_and_differs_across_seeds() {
 
 #[test]
 fn demo_rejects_bad_head_configuration() {
-    let cfg = demo::DemoConfig { dim: 30, heads: 4, ..Default::default() };
-    let err = demo::run_demo(&cfg, Arc::new(CpuBackend::new())).unwrap_err().to_string();
+    let cfg = demo::DemoConfig {
+        dim: 30,
+        heads: 4,
+        ..Default::default()
+    };
+    let err = demo::run_demo(&cfg, Arc::new(CpuBackend::new()))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("dim 30") && err.contains("heads 4"), "{err}");
 }
 
 #[test]
 fn demo_command_prints_result_check_and_timing() {
-    let (ok, out, err) = stitch(&["demo", "--seq", "8", "--dim", "32", "--heads", "4", "--kv-heads", "2", "--hidden", "48", "--runs", "2"]);
+    let (ok, out, err) = stitch(&[
+        "demo",
+        "--seq",
+        "8",
+        "--dim",
+        "32",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--hidden",
+        "48",
+        "--runs",
+        "2",
+    ]);
     assert!(ok, "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("output [2, 8, 32]"), "{out}");
     assert!(out.contains("check: fused matches decomposed"), "{out}");
@@ -84,5 +139,8 @@ fn ops_md_is_generated_from_the_backend() {
         committed == expected,
         "docs/OPS.md is stale; regenerate with `cargo run -p stitch-cli -- ops --markdown > docs/OPS.md`"
     );
-    assert!(!expected.contains("missing"), "an op has neither a kernel nor a decomposition:\n{expected}");
+    assert!(
+        !expected.contains("missing"),
+        "an op has neither a kernel nor a decomposition:\n{expected}"
+    );
 }

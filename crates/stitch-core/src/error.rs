@@ -80,10 +80,18 @@ impl Error {
     }
     /// An [`Error::Node`].
     pub fn node(node: impl Into<String>, op: impl Into<String>, message: impl Into<String>) -> Error {
-        Error::Node { node: node.into(), op: op.into(), message: message.into() }
+        Error::Node {
+            node: node.into(),
+            op: op.into(),
+            message: message.into(),
+        }
     }
     /// An [`Error::Format`].
     pub fn format(what: impl Into<String>, offset: u64, message: impl Into<String>) -> Error {
-        Error::Format { what: what.into(), offset, message: message.into() }
+        Error::Format {
+            what: what.into(),
+            offset,
+            message: message.into(),
+        }
     }
 }

@@ -47,7 +47,9 @@ pub struct State {
 impl State {
     /// A fresh state holding each variable's initial value.
     pub fn new(graph: &Graph) -> State {
-        State { values: graph.variables().iter().map(|v| v.initial.clone()).collect() }
+        State {
+            values: graph.variables().iter().map(|v| v.initial.clone()).collect(),
+        }
     }
     /// The current value of a variable.
     pub fn get(&self, var: VarId) -> &Tensor {
@@ -98,7 +100,10 @@ pub struct Executable {
 
 impl std::fmt::Debug for Executable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Executable").field("backend", &self.backend.name()).field("outputs", &self.outputs).finish()
+        f.debug_struct("Executable")
+            .field("backend", &self.backend.name())
+            .field("outputs", &self.outputs)
+            .finish()
     }
 }
 
@@ -108,7 +113,12 @@ impl Executable {
     /// Checks that the backend can run every primitive op the graph uses
     /// (composites it lacks are decomposed), so unsupported ops fail here, not
     /// halfway through a run.
-    pub fn compile(graph: &Graph, outputs: &[Value], backend: Arc<dyn Backend>, options: CompileOptions) -> Result<Executable> {
+    pub fn compile(
+        graph: &Graph,
+        outputs: &[Value],
+        backend: Arc<dyn Backend>,
+        options: CompileOptions,
+    ) -> Result<Executable> {
         for v in outputs {
             if v.node.0 as usize >= graph.nodes().len() || v.output as usize >= graph.node(v.node).outputs.len() {
                 return Err(Error::invalid(format!("output {v:?} is not a value of this graph")));
@@ -129,7 +139,13 @@ impl Executable {
                 });
             }
         }
-        Ok(Executable { graph: graph.clone(), outputs: outputs.to_vec(), backend, options, plans: Mutex::new(HashMap::new()) })
+        Ok(Executable {
+            graph: graph.clone(),
+            outputs: outputs.to_vec(),
+            backend,
+            options,
+            plans: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The source graph.
@@ -144,7 +160,12 @@ impl Executable {
 
     /// The plan for inputs of these types (built and cached on first use).
     pub fn plan_for(&self, input_types: &[TensorType]) -> Result<Arc<Plan>> {
-        if let Some(p) = self.plans.lock().map_err(|_| Error::invalid("plan cache poisoned"))?.get(input_types) {
+        if let Some(p) = self
+            .plans
+            .lock()
+            .map_err(|_| Error::invalid("plan cache poisoned"))?
+            .get(input_types)
+        {
             return Ok(p.clone());
         }
         let concrete = passes::specialize::specialize(&self.graph, input_types)?;
@@ -163,7 +184,12 @@ impl Executable {
         for v in &outputs {
             uses[v.node.0 as usize][v.output as usize] += 1;
         }
-        let plan = Arc::new(Plan { graph, outputs, steps, uses });
+        let plan = Arc::new(Plan {
+            graph,
+            outputs,
+            steps,
+            uses,
+        });
         self.plans
             .lock()
             .map_err(|_| Error::invalid("plan cache poisoned"))?
@@ -185,16 +211,30 @@ impl Executable {
         }
         let mut ordered: Vec<Tensor> = Vec::with_capacity(placeholders.len());
         for (name, v) in &placeholders {
-            let t = inputs.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone()).ok_or_else(|| {
-                let ty = self.graph.ty(*v);
-                Error::MissingInput { name: name.to_string(), dtype: ty.dtype.to_string(), shape: ty.shape.to_string() }
-            })?;
+            let t = inputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.clone())
+                .ok_or_else(|| {
+                    let ty = self.graph.ty(*v);
+                    Error::MissingInput {
+                        name: name.to_string(),
+                        dtype: ty.dtype.to_string(),
+                        shape: ty.shape.to_string(),
+                    }
+                })?;
             ordered.push(t);
         }
         if state.values.len() != self.graph.variables().len()
-            || state.values.iter().zip(self.graph.variables()).any(|(s, v)| s.dtype() != v.initial.dtype())
+            || state
+                .values
+                .iter()
+                .zip(self.graph.variables())
+                .any(|(s, v)| s.dtype() != v.initial.dtype())
         {
-            return Err(Error::invalid("this State was made for another graph; use Executable::new_state"));
+            return Err(Error::invalid(
+                "this State was made for another graph; use Executable::new_state",
+            ));
         }
         let types: Vec<TensorType> = ordered.iter().map(passes::specialize::type_of).collect();
         let plan = self.plan_for(&types)?;
@@ -218,8 +258,14 @@ impl Executable {
             for v in &node.inputs {
                 let (ni, oi) = (v.node.0 as usize, v.output as usize);
                 remaining[ni][oi] -= 1;
-                let t = if remaining[ni][oi] == 0 { values[ni][oi].take() } else { values[ni][oi].clone() };
-                args.push(t.ok_or_else(|| Error::invalid(format!("internal: value of `{}` missing", g.nodes()[ni].name)))?);
+                let t = if remaining[ni][oi] == 0 {
+                    values[ni][oi].take()
+                } else {
+                    values[ni][oi].clone()
+                };
+                args.push(
+                    t.ok_or_else(|| Error::invalid(format!("internal: value of `{}` missing", g.nodes()[ni].name)))?,
+                );
             }
             let outs = match &node.op {
                 Op::Placeholder { .. } => vec![placeholder_slots.remove(&i).expect("placeholder input")],
@@ -232,11 +278,17 @@ impl Executable {
                 Op::SliceUpdate(var) => {
                     let starts = args[1].to_f64_vec();
                     if starts.iter().any(|&s| s < 0.0) {
-                        return Err(Error::node(node.name.clone(), "slice_update", format!("negative start {starts:?}")));
+                        return Err(Error::node(
+                            node.name.clone(),
+                            "slice_update",
+                            format!("negative start {starts:?}"),
+                        ));
                     }
                     let starts: Vec<usize> = starts.iter().map(|&s| s as usize).collect();
                     let target = &mut state.values[var.0 as usize];
-                    target.write_slice(&starts, &args[0]).map_err(|e| Error::node(node.name.clone(), "slice_update", e.to_string()))?;
+                    target
+                        .write_slice(&starts, &args[0])
+                        .map_err(|e| Error::node(node.name.clone(), "slice_update", e.to_string()))?;
                     vec![]
                 }
                 _ => self.backend.execute(node, &args)?,
@@ -246,7 +298,11 @@ impl Executable {
                 return Err(Error::node(
                     node.name.clone(),
                     node.op.kind(),
-                    format!("backend returned {} outputs, expected {}", outs.len(), node.outputs.len()),
+                    format!(
+                        "backend returned {} outputs, expected {}",
+                        outs.len(),
+                        node.outputs.len()
+                    ),
                 ));
             }
             for (slot, t) in values[i].iter_mut().zip(outs) {

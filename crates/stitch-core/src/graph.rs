@@ -47,7 +47,10 @@ pub struct TensorType {
 impl TensorType {
     /// A type.
     pub fn new(dtype: DType, shape: impl Into<Shape>) -> TensorType {
-        TensorType { dtype, shape: shape.into() }
+        TensorType {
+            dtype,
+            shape: shape.into(),
+        }
     }
     /// The concrete dims; `None` if any is symbolic.
     pub fn concrete(&self) -> Option<Vec<usize>> {
@@ -144,7 +147,13 @@ impl Graph {
             .iter()
             .enumerate()
             .filter_map(|(i, n)| match &n.op {
-                Op::Placeholder { name } => Some((name.as_str(), Value { node: NodeId(i as u32), output: 0 })),
+                Op::Placeholder { name } => Some((
+                    name.as_str(),
+                    Value {
+                        node: NodeId(i as u32),
+                        output: 0,
+                    },
+                )),
                 _ => None,
             })
             .collect()
@@ -161,7 +170,11 @@ impl Graph {
 
     /// A graph with this graph's variables and no nodes (passes rebuild into it).
     pub fn empty_like(&self) -> Graph {
-        Graph { nodes: Vec::new(), variables: self.variables.clone(), scopes: Vec::new() }
+        Graph {
+            nodes: Vec::new(),
+            variables: self.variables.clone(),
+            scopes: Vec::new(),
+        }
     }
 
     /// Adds a copy of `node` (from another graph) on `inputs`, keeping its name;
@@ -205,13 +218,24 @@ impl Graph {
         let name = self.scoped(&format!("{}_{}", op.kind(), id.0));
         for v in inputs {
             if v.node.0 as usize >= self.nodes.len() || v.output as usize >= self.node(v.node).outputs.len() {
-                return Err(Error::node(name, op.kind(), format!("input {v:?} does not exist in this graph")));
+                return Err(Error::node(
+                    name,
+                    op.kind(),
+                    format!("input {v:?} does not exist in this graph"),
+                ));
             }
         }
         let types: Vec<TensorType> = inputs.iter().map(|v| self.ty(*v).clone()).collect();
-        let outputs = op.infer(&types, self).map_err(|m| Error::node(name.clone(), op.kind(), m))?;
+        let outputs = op
+            .infer(&types, self)
+            .map_err(|m| Error::node(name.clone(), op.kind(), m))?;
         let n = outputs.len();
-        self.nodes.push(Node { name, op, inputs: inputs.to_vec(), outputs });
+        self.nodes.push(Node {
+            name,
+            op,
+            inputs: inputs.to_vec(),
+            outputs,
+        });
         Ok((0..n as u32).map(|output| Value { node: id, output }).collect())
     }
 
@@ -221,7 +245,10 @@ impl Graph {
         let outs = self.add_node(op, inputs)?;
         match outs.as_slice() {
             [v] => Ok(*v),
-            _ => Err(Error::invalid(format!("op {kind} has {} outputs; use add_node", outs.len()))),
+            _ => Err(Error::invalid(format!(
+                "op {kind} has {} outputs; use add_node",
+                outs.len()
+            ))),
         }
     }
 
@@ -260,7 +287,10 @@ impl Graph {
 
     /// Declares a variable with an initial value. Variables live in a [`crate::State`].
     pub fn variable(&mut self, name: &str, initial: Tensor) -> VarId {
-        self.variables.push(Variable { name: self.scoped(name), initial });
+        self.variables.push(Variable {
+            name: self.scoped(name),
+            initial,
+        });
         VarId(self.variables.len() as u32 - 1)
     }
 

@@ -153,7 +153,7 @@ pub fn normalize_axis(axis: i64, rank: usize) -> Option<usize> {
 pub fn broadcast_dim(a: &Dim, b: &Dim) -> Option<Dim> {
     match (a, b) {
         (Dim::Known(1), d) | (d, Dim::Known(1)) => Some(d.clone()),
-        (Dim::Known(x), Dim::Known(y)) => (x == y).then(|| Dim::Known(*x)),
+        (Dim::Known(x), Dim::Known(y)) => (x == y).then_some(Dim::Known(*x)),
         (Dim::Sym(x), Dim::Sym(y)) if x == y => Some(a.clone()),
         (Dim::Sym(_), Dim::Known(n)) | (Dim::Known(n), Dim::Sym(_)) => Some(Dim::Known(*n)),
         // Two different symbols: either could be 1; keep the first. Checked at run time.
@@ -174,8 +174,16 @@ pub fn broadcast_shapes(a: &Shape, b: &Shape) -> Option<Shape> {
     let one = Dim::Known(1);
     let mut out = Vec::with_capacity(rank);
     for i in 0..rank {
-        let da = if i + a.rank() >= rank { &a.0[i + a.rank() - rank] } else { &one };
-        let db = if i + b.rank() >= rank { &b.0[i + b.rank() - rank] } else { &one };
+        let da = if i + a.rank() >= rank {
+            &a.0[i + a.rank() - rank]
+        } else {
+            &one
+        };
+        let db = if i + b.rank() >= rank {
+            &b.0[i + b.rank() - rank]
+        } else {
+            &one
+        };
         out.push(broadcast_dim(da, db)?);
     }
     Some(Shape(out))

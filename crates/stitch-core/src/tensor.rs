@@ -24,7 +24,10 @@ pub struct Buffer {
 impl Buffer {
     /// A zero-filled buffer of `len` bytes.
     pub fn zeroed(len: usize) -> Buffer {
-        Buffer { words: vec![0u64; len.div_ceil(8)], len }
+        Buffer {
+            words: vec![0u64; len.div_ceil(8)],
+            len,
+        }
     }
     /// A buffer holding a copy of `bytes`.
     pub fn from_bytes(bytes: &[u8]) -> Buffer {
@@ -131,7 +134,11 @@ impl Tensor {
     /// If the buffer's length does not match; this is a programming error, not user input.
     pub fn from_buffer(buffer: Buffer, dtype: DType, shape: &[usize]) -> Tensor {
         let n: usize = shape.iter().product();
-        assert_eq!(buffer.len(), n * dtype.size_in_bytes(), "buffer length does not match shape");
+        assert_eq!(
+            buffer.len(),
+            n * dtype.size_in_bytes(),
+            "buffer length does not match shape"
+        );
         Tensor {
             buffer: Arc::new(buffer),
             dtype,
@@ -190,7 +197,9 @@ impl Tensor {
     pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
         self.check_dtype::<T>()?;
         if !self.is_contiguous() {
-            return Err(Error::invalid("as_slice on a non-contiguous view; call contiguous() first"));
+            return Err(Error::invalid(
+                "as_slice on a non-contiguous view; call contiguous() first",
+            ));
         }
         Ok(&self.buffer.as_slice::<T>()[self.offset..self.offset + self.numel()])
     }
@@ -292,7 +301,9 @@ impl Tensor {
         let r = self.rank();
         let mut seen = vec![false; r];
         if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
-            return Err(Error::invalid(format!("permutation {perm:?} is not a permutation of 0..{r}")));
+            return Err(Error::invalid(format!(
+                "permutation {perm:?} is not a permutation of 0..{r}"
+            )));
         }
         Ok(Tensor {
             buffer: self.buffer.clone(),
@@ -307,7 +318,10 @@ impl Tensor {
     pub fn transpose(&self, a: usize, b: usize) -> Result<Tensor> {
         let mut perm: Vec<usize> = (0..self.rank()).collect();
         if a >= perm.len() || b >= perm.len() {
-            return Err(Error::invalid(format!("transpose axes {a}, {b} out of range for rank {}", self.rank())));
+            return Err(Error::invalid(format!(
+                "transpose axes {a}, {b} out of range for rank {}",
+                self.rank()
+            )));
         }
         perm.swap(a, b);
         self.permute(&perm)
@@ -319,7 +333,10 @@ impl Tensor {
     /// with already-normalised (non-negative for positive step) bounds. A view.
     pub fn slice(&self, axis: usize, start: isize, end: isize, step: isize) -> Result<Tensor> {
         if axis >= self.rank() {
-            return Err(Error::invalid(format!("slice axis {axis} out of range for rank {}", self.rank())));
+            return Err(Error::invalid(format!(
+                "slice axis {axis} out of range for rank {}",
+                self.rank()
+            )));
         }
         if step == 0 {
             return Err(Error::invalid("slice step must not be 0"));
@@ -346,7 +363,10 @@ impl Tensor {
     /// Numpy broadcast to `shape` (right-aligned; size-1 axes get stride 0). A view.
     pub fn broadcast_to(&self, shape: &[usize]) -> Result<Tensor> {
         if shape.len() < self.rank() {
-            return Err(Error::invalid(format!("cannot broadcast {:?} to lower rank {:?}", self.shape, shape)));
+            return Err(Error::invalid(format!(
+                "cannot broadcast {:?} to lower rank {:?}",
+                self.shape, shape
+            )));
         }
         let lead = shape.len() - self.rank();
         let mut strides = vec![0isize; shape.len()];
@@ -357,7 +377,10 @@ impl Tensor {
             } else if d == 1 {
                 0
             } else {
-                return Err(Error::invalid(format!("cannot broadcast {:?} to {:?}", self.shape, shape)));
+                return Err(Error::invalid(format!(
+                    "cannot broadcast {:?} to {:?}",
+                    self.shape, shape
+                )));
             };
         }
         Ok(Tensor {
@@ -372,7 +395,10 @@ impl Tensor {
     /// Insert a size-1 axis at `axis`. A view.
     pub fn unsqueeze(&self, axis: usize) -> Result<Tensor> {
         if axis > self.rank() {
-            return Err(Error::invalid(format!("unsqueeze axis {axis} out of range for rank {}", self.rank())));
+            return Err(Error::invalid(format!(
+                "unsqueeze axis {axis} out of range for rank {}",
+                self.rank()
+            )));
         }
         let mut t = self.clone();
         t.shape.insert(axis, 1);
@@ -384,7 +410,9 @@ impl Tensor {
     /// Every reachable element must lie inside the buffer.
     pub fn as_strided(&self, shape: &[usize], strides: &[isize], offset: usize) -> Result<Tensor> {
         if shape.len() != strides.len() {
-            return Err(Error::invalid(format!("as_strided: shape {shape:?} and strides {strides:?} differ in rank")));
+            return Err(Error::invalid(format!(
+                "as_strided: shape {shape:?} and strides {strides:?} differ in rank"
+            )));
         }
         let cap = (self.buffer.len() / self.dtype.size_in_bytes()) as isize;
         if shape.iter().product::<usize>() > 0 {
@@ -415,9 +443,17 @@ impl Tensor {
     /// The element at a multi-index, as f64.
     pub fn get_f64(&self, index: &[usize]) -> Result<f64> {
         if index.len() != self.rank() || index.iter().zip(&self.shape).any(|(&i, &d)| i >= d) {
-            return Err(Error::invalid(format!("index {index:?} out of bounds for shape {:?}", self.shape)));
+            return Err(Error::invalid(format!(
+                "index {index:?} out of bounds for shape {:?}",
+                self.shape
+            )));
         }
-        let off = self.offset as isize + index.iter().zip(&self.strides).map(|(&i, &s)| i as isize * s).sum::<isize>();
+        let off = self.offset as isize
+            + index
+                .iter()
+                .zip(&self.strides)
+                .map(|(&i, &s)| i as isize * s)
+                .sum::<isize>();
         Ok(crate::dispatch_dtype!(self.dtype, T => self.buffer.as_slice::<T>()[off as usize].to_f64()))
     }
 }
@@ -486,14 +522,21 @@ impl Tensor {
                 src.dtype, src.shape, starts, self.dtype, self.shape
             )));
         }
-        if let Some(ax) = (0..self.rank()).find(|&i| starts[i].checked_add(src.shape[i]).is_none_or(|e| e > self.shape[i])) {
+        if let Some(ax) =
+            (0..self.rank()).find(|&i| starts[i].checked_add(src.shape[i]).is_none_or(|e| e > self.shape[i]))
+        {
             return Err(Error::invalid(format!(
                 "write_slice: {:?} at start {:?} does not fit in {:?} (axis {ax})",
                 src.shape, starts, self.shape
             )));
         }
         let es = self.dtype.size_in_bytes();
-        let base = self.offset as isize + starts.iter().zip(&self.strides).map(|(&s, &st)| s as isize * st).sum::<isize>();
+        let base = self.offset as isize
+            + starts
+                .iter()
+                .zip(&self.strides)
+                .map(|(&s, &st)| s as isize * st)
+                .sum::<isize>();
         let strides = self.strides.clone();
         let src_bytes = src.buffer.as_bytes();
         let dst = Arc::make_mut(&mut self.buffer).as_bytes_mut();

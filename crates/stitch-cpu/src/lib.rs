@@ -49,11 +49,10 @@ impl Backend for CpuBackend {
     }
 
     fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        kernels::execute(&node.op, inputs, &node.outputs)
-            .map_err(|e| match e {
-                Error::Invalid(m) => Error::node(node.name.clone(), node.op.kind(), m),
-                other => other,
-            })
+        kernels::execute(&node.op, inputs, &node.outputs).map_err(|e| match e {
+            Error::Invalid(m) => Error::node(node.name.clone(), node.op.kind(), m),
+            other => other,
+        })
     }
 }
 

@@ -31,14 +31,20 @@ fn slice_update_writes_in_place_without_realloc() {
     // Unshare the buffer from the graph's initial value first (copy-on-write), as a real
     // cache does once; from then on updates must not reallocate.
     let row0 = common::random(&mut r, DType::F32, &[1, 8]);
-    exe.run(&[("update", row0.clone()), ("start", i64s(&[0, 0]))], &mut state).unwrap();
+    exe.run(&[("update", row0.clone()), ("start", i64s(&[0, 0]))], &mut state)
+        .unwrap();
     let before = state.get(cache).buffer().as_ptr();
     for pos in 1..4 {
         let row = common::random(&mut r, DType::F32, &[1, 8]);
         let prev = state.get(cache).to_vec::<f32>().unwrap();
-        exe.run(&[("update", row.clone()), ("start", i64s(&[pos, 0]))], &mut state).unwrap();
+        exe.run(&[("update", row.clone()), ("start", i64s(&[pos, 0]))], &mut state)
+            .unwrap();
         let now = state.get(cache).to_vec::<f32>().unwrap();
-        assert_eq!(state.get(cache).buffer().as_ptr(), before, "buffer reallocated at pos {pos}");
+        assert_eq!(
+            state.get(cache).buffer().as_ptr(),
+            before,
+            "buffer reallocated at pos {pos}"
+        );
         let row = row.to_vec::<f32>().unwrap();
         for i in 0..32 {
             let (rr, c) = (i / 8, i % 8);
@@ -47,8 +53,14 @@ fn slice_update_writes_in_place_without_realloc() {
         }
     }
     // The graph's initial value is untouched.
-    assert_eq!(g.variable_info(cache).initial.to_vec::<f32>().unwrap(), init.to_vec::<f32>().unwrap());
-    assert_eq!(state.get(cache).to_vec::<f32>().unwrap()[..8], row0.to_vec::<f32>().unwrap()[..]);
+    assert_eq!(
+        g.variable_info(cache).initial.to_vec::<f32>().unwrap(),
+        init.to_vec::<f32>().unwrap()
+    );
+    assert_eq!(
+        state.get(cache).to_vec::<f32>().unwrap()[..8],
+        row0.to_vec::<f32>().unwrap()[..]
+    );
 }
 
 #[test]
@@ -65,8 +77,16 @@ fn reads_see_updates_in_graph_order() {
     let mut state = exe.new_state();
     let u = Tensor::from_vec(vec![-7f32, 9.5], &[2]).unwrap();
     let out = exe.run(&[("u", u)], &mut state).unwrap();
-    assert_eq!(out[0].to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 4.0], "read before the update");
-    assert_eq!(out[1].to_vec::<f32>().unwrap(), vec![1.0, -7.0, 9.5, 4.0], "read after the update");
+    assert_eq!(
+        out[0].to_vec::<f32>().unwrap(),
+        vec![1.0, 2.0, 3.0, 4.0],
+        "read before the update"
+    );
+    assert_eq!(
+        out[1].to_vec::<f32>().unwrap(),
+        vec![1.0, -7.0, 9.5, 4.0],
+        "read after the update"
+    );
     assert_eq!(state.get(var).to_vec::<f32>().unwrap(), vec![1.0, -7.0, 9.5, 4.0]);
 }
 
@@ -94,8 +114,14 @@ fn slice_update_out_of_bounds_is_an_error_naming_the_node() {
     let exe = compile(&g, &[]);
     let mut state = exe.new_state();
     let u = Tensor::from_vec(vec![1f32; 16], &[2, 8]).unwrap();
-    let err = exe.run(&[("u", u), ("s", i64s(&[3, 0]))], &mut state).unwrap_err().to_string();
-    assert!(err.contains("slice_update") && err.contains("[2, 8]") && err.contains("[4, 8]"), "{err}");
+    let err = exe
+        .run(&[("u", u), ("s", i64s(&[3, 0]))], &mut state)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("slice_update") && err.contains("[2, 8]") && err.contains("[4, 8]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -106,17 +132,26 @@ fn wrong_shapes_and_dtypes_name_the_node_and_shapes() {
     let err = g.add(a, b).unwrap_err();
     assert!(matches!(err, Error::Node { .. }));
     let msg = err.to_string();
-    assert!(msg.contains("add_2") && msg.contains("[2, 3]") && msg.contains("[4, 5]"), "{msg}");
+    assert!(
+        msg.contains("add_2") && msg.contains("[2, 3]") && msg.contains("[4, 5]"),
+        "{msg}"
+    );
 
     let c = g.placeholder("c", DType::I32, [2, 3]);
     let msg = g.mul(a, c).unwrap_err().to_string();
-    assert!(msg.contains("mul") && msg.contains("f32[2, 3]") && msg.contains("i32[2, 3]"), "{msg}");
+    assert!(
+        msg.contains("mul") && msg.contains("f32[2, 3]") && msg.contains("i32[2, 3]"),
+        "{msg}"
+    );
 
     let msg = g.matmul(a, a).unwrap_err().to_string();
     assert!(msg.contains("matmul") && msg.contains("[2, 3]"), "{msg}");
 
     let msg = g.reshape(a, &[4, 2]).unwrap_err().to_string();
-    assert!(msg.contains("reshape") && msg.contains("[2, 3]") && msg.contains("[4, 2]"), "{msg}");
+    assert!(
+        msg.contains("reshape") && msg.contains("[2, 3]") && msg.contains("[4, 2]"),
+        "{msg}"
+    );
 
     let msg = g.softmax(c, -1).unwrap_err().to_string();
     assert!(msg.contains("softmax") && msg.contains("i32[2, 3]"), "{msg}");
@@ -143,11 +178,20 @@ fn missing_unknown_and_mismatched_inputs_are_errors() {
     assert!(msg.contains("batch") && msg.contains('5') && msg.contains('2'), "{msg}");
 
     let wrong_dims = Tensor::from_vec(vec![1f32; 8], &[2, 4]).unwrap();
-    let msg = exe.run(&[("x", wrong_dims), ("y", t(2))], &mut st).unwrap_err().to_string();
-    assert!(msg.contains("`x`") && msg.contains("[2, 4]") && msg.contains("[batch, 3]"), "{msg}");
+    let msg = exe
+        .run(&[("x", wrong_dims), ("y", t(2))], &mut st)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("`x`") && msg.contains("[2, 4]") && msg.contains("[batch, 3]"),
+        "{msg}"
+    );
 
     let wrong_dtype = Tensor::from_vec(vec![1f64; 6], &[2, 3]).unwrap();
-    let msg = exe.run(&[("x", wrong_dtype), ("y", t(2))], &mut st).unwrap_err().to_string();
+    let msg = exe
+        .run(&[("x", wrong_dtype), ("y", t(2))], &mut st)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("f64[2, 3]") && msg.contains("f32[batch, 3]"), "{msg}");
 }
 
@@ -173,14 +217,27 @@ fn decomposition_leaves_no_composites_and_scopes_names() {
     let s = g.placeholder("s", DType::F32, [4]);
     let y = g.layer_norm(x, s, None, -1, 1e-5).unwrap();
     let y = g.softmax(y, -1).unwrap();
-    let exe = Executable::compile(&g, &[y], Arc::new(CpuBackend::new()), CompileOptions { decompose_all: true }).unwrap();
+    let exe = Executable::compile(
+        &g,
+        &[y],
+        Arc::new(CpuBackend::new()),
+        CompileOptions { decompose_all: true },
+    )
+    .unwrap();
     let ty = [
         stitch_core::TensorType::new(DType::F32, [2, 4]),
         stitch_core::TensorType::new(DType::F32, [4]),
     ];
     let plan = exe.plan_for(&ty).unwrap();
-    assert!(plan.graph.nodes().iter().all(|n| !n.op.is_composite()), "composites left after decomposition");
-    assert!(plan.graph.nodes().iter().any(|n| n.name.starts_with("layer_norm_2/") && matches!(n.op, Op::Unary(_))));
+    assert!(
+        plan.graph.nodes().iter().all(|n| !n.op.is_composite()),
+        "composites left after decomposition"
+    );
+    assert!(plan
+        .graph
+        .nodes()
+        .iter()
+        .any(|n| n.name.starts_with("layer_norm_2/") && matches!(n.op, Op::Unary(_))));
     assert!(plan.graph.nodes().iter().any(|n| n.name.starts_with("softmax_3/")));
 }
 
@@ -193,7 +250,12 @@ fn unused_nodes_are_not_executed() {
     let _dead = g.gather(x, idx, 0).unwrap();
     let y = g.neg(x).unwrap();
     let exe = compile(&g, &[x]);
-    let out = exe.run(&[("x", Tensor::from_vec(vec![1f32, 2.0, 3.0], &[3]).unwrap())], &mut exe.new_state()).unwrap();
+    let out = exe
+        .run(
+            &[("x", Tensor::from_vec(vec![1f32, 2.0, 3.0], &[3]).unwrap())],
+            &mut exe.new_state(),
+        )
+        .unwrap();
     assert_eq!(out[0].to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0]);
     let _ = y;
 }

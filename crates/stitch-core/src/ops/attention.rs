@@ -35,16 +35,22 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
         return Err(format!("q, k, v must share a dtype, got {q}, {k}, {v}"));
     }
     if q.shape.rank() != 4 || k.shape.rank() != 4 || v.shape.rank() != 4 {
-        return Err(format!("q, k, v must be [batch, heads, seq, head_dim], got {q}, {k}, {v}"));
+        return Err(format!(
+            "q, k, v must be [batch, heads, seq, head_dim], got {q}, {k}, {v}"
+        ));
     }
     let (qs, ks, vs) = (&q.shape.0, &k.shape.0, &v.shape.0);
     let eq = |a: &Dim, b: &Dim| a == b || a.known().is_none() || b.known().is_none();
     if !eq(&qs[0], &ks[0]) || !eq(&ks[0], &vs[0]) || !eq(&qs[3], &ks[3]) || !eq(&ks[1], &vs[1]) || !eq(&ks[2], &vs[2]) {
-        return Err(format!("q {q}, k {k}, v {v} disagree on batch, kv heads, key length or head_dim"));
+        return Err(format!(
+            "q {q}, k {k}, v {v} disagree on batch, kv heads, key length or head_dim"
+        ));
     }
     if let (Some(hq), Some(hkv)) = (qs[1].known(), ks[1].known()) {
         if hkv == 0 || hq % hkv != 0 {
-            return Err(format!("query heads {hq} must be a multiple of kv heads {hkv} (q {q}, k {k})"));
+            return Err(format!(
+                "query heads {hq} must be a multiple of kv heads {hkv} (q {q}, k {k})"
+            ));
         }
     }
     let scores = Shape(vec![qs[0].clone(), qs[1].clone(), qs[2].clone(), ks[2].clone()]);
@@ -56,7 +62,10 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
             return Err(format!("mask {m} does not broadcast to the scores' shape {scores}"));
         }
     }
-    Ok(vec![TensorType::new(q.dtype, Shape(vec![qs[0].clone(), qs[1].clone(), qs[2].clone(), vs[3].clone()]))])
+    Ok(vec![TensorType::new(
+        q.dtype,
+        Shape(vec![qs[0].clone(), qs[1].clone(), qs[2].clone(), vs[3].clone()]),
+    )])
 }
 
 /// Expands kv heads `[B, Hkv, L, D]` to `[B, Hkv * group, L, D]` (each head repeated `group` times).
@@ -64,7 +73,10 @@ fn repeat_kv(g: &mut Graph, x: Value, group: usize) -> Result<Value> {
     if group == 1 {
         return Ok(x);
     }
-    let s = g.ty(x).concrete().ok_or_else(|| Error::invalid("sdpa decomposition needs concrete shapes"))?;
+    let s = g
+        .ty(x)
+        .concrete()
+        .ok_or_else(|| Error::invalid("sdpa decomposition needs concrete shapes"))?;
     let u = g.unsqueeze(x, &[2])?;
     let e = g.expand(u, &[s[0], s[1], group, s[2], s[3]])?;
     g.reshape(e, &[s[0] as i64, (s[1] * group) as i64, s[2] as i64, s[3] as i64])
@@ -72,8 +84,14 @@ fn repeat_kv(g: &mut Graph, x: Value, group: usize) -> Result<Value> {
 
 pub(crate) fn decompose(a: &SdpaAttrs, g: &mut Graph, inputs: &[Value]) -> Result<Vec<Value>> {
     let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
-    let qs = g.ty(q).concrete().ok_or_else(|| Error::invalid("sdpa decomposition needs concrete shapes"))?;
-    let ks = g.ty(k).concrete().ok_or_else(|| Error::invalid("sdpa decomposition needs concrete shapes"))?;
+    let qs = g
+        .ty(q)
+        .concrete()
+        .ok_or_else(|| Error::invalid("sdpa decomposition needs concrete shapes"))?;
+    let ks = g
+        .ty(k)
+        .concrete()
+        .ok_or_else(|| Error::invalid("sdpa decomposition needs concrete shapes"))?;
     let dt = g.ty(q).dtype;
     let group = qs[1] / ks[1].max(1);
     let k = repeat_kv(g, k, group)?;
@@ -84,7 +102,11 @@ pub(crate) fn decompose(a: &SdpaAttrs, g: &mut Graph, inputs: &[Value]) -> Resul
     let mut scores = g.mul(scores, sc)?;
     let neg_inf = g.scalar(dt, f64::NEG_INFINITY);
     if let Some(&m) = inputs.get(3) {
-        scores = if g.ty(m).dtype == DType::Bool { g.where_(m, scores, neg_inf)? } else { g.add(scores, m)? };
+        scores = if g.ty(m).dtype == DType::Bool {
+            g.where_(m, scores, neg_inf)?
+        } else {
+            g.add(scores, m)?
+        };
     }
     if a.causal {
         let (lq, lk) = (qs[2], ks[2]);

@@ -26,7 +26,12 @@ pub struct ConvAttrs {
 impl ConvAttrs {
     /// Stride 1, no padding, dilation 1, one group, for `spatial` axes.
     pub fn new(spatial: usize) -> ConvAttrs {
-        ConvAttrs { strides: vec![1; spatial], pads: vec![0; 2 * spatial], dilations: vec![1; spatial], groups: 1 }
+        ConvAttrs {
+            strides: vec![1; spatial],
+            pads: vec![0; 2 * spatial],
+            dilations: vec![1; spatial],
+            groups: 1,
+        }
     }
     /// Number of spatial axes (1 or 2).
     pub fn spatial_rank(&self) -> usize {
@@ -112,10 +117,22 @@ fn spatial_out(
     for i in 0..n {
         out.push(match (&x.shape.0[2 + i], &kernel[i]) {
             (Dim::Known(len), Dim::Known(k)) => Dim::Known(
-                window_out_len(*len, *k, strides[i], pads[i], pads[n + i], dilations[i], ceil_mode)
-                    .ok_or_else(|| format!("window of size {k} (dilation {}) does not fit spatial axis {i} of {x} with pads {pads:?}", dilations[i]))?,
+                window_out_len(*len, *k, strides[i], pads[i], pads[n + i], dilations[i], ceil_mode).ok_or_else(
+                    || {
+                        format!(
+                            "window of size {k} (dilation {}) does not fit spatial axis {i} of {x} with pads {pads:?}",
+                            dilations[i]
+                        )
+                    },
+                )?,
             ),
-            (d, k) => Dim::sym(&format!("win({d},{k},{},{},{},{})", strides[i], pads[i] + pads[n + i], dilations[i], ceil_mode as u8)),
+            (d, k) => Dim::sym(&format!(
+                "win({d},{k},{},{},{},{})",
+                strides[i],
+                pads[i] + pads[n + i],
+                dilations[i],
+                ceil_mode as u8
+            )),
         });
     }
     Ok(out)
@@ -130,7 +147,10 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
             float(x, "input")?;
             let n = a.spatial_rank();
             if !(1..=2).contains(&n) || x.shape.rank() != n + 2 || w.shape.rank() != n + 2 {
-                return Err(format!("conv{n}d needs input and weight of rank {}, got {x} and {w}", n + 2));
+                return Err(format!(
+                    "conv{n}d needs input and weight of rank {}, got {x} and {w}",
+                    n + 2
+                ));
             }
             check_attrs(n, &a.strides, &a.pads, &a.dilations)?;
             if a.groups == 0 {
@@ -145,12 +165,25 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
                 }
             }
             if let Some(b) = inputs.get(2) {
-                if b.shape.rank() != 1 || (b.shape.0[0] != w.shape.0[0] && b.shape.0[0].known().is_some() && w.shape.0[0].known().is_some()) {
-                    return Err(format!("bias {b} must be 1-D with one entry per output channel of weight {w}"));
+                if b.shape.rank() != 1
+                    || (b.shape.0[0] != w.shape.0[0]
+                        && b.shape.0[0].known().is_some()
+                        && w.shape.0[0].known().is_some())
+                {
+                    return Err(format!(
+                        "bias {b} must be 1-D with one entry per output channel of weight {w}"
+                    ));
                 }
             }
             let mut dims = vec![x.shape.0[0].clone(), w.shape.0[0].clone()];
-            dims.extend(spatial_out(x, &w.shape.0[2..], &a.strides, &a.pads, &a.dilations, false)?);
+            dims.extend(spatial_out(
+                x,
+                &w.shape.0[2..],
+                &a.strides,
+                &a.pads,
+                &a.dilations,
+                false,
+            )?);
             Ok(vec![TensorType::new(x.dtype, Shape(dims))])
         }
         Op::MaxPool(a) | Op::AvgPool(a) => {

@@ -225,8 +225,7 @@ impl BinaryOp {
 }
 
 fn broadcast(a: &TensorType, b: &TensorType) -> Result<crate::Shape, String> {
-    broadcast_shapes(&a.shape, &b.shape)
-        .ok_or_else(|| format!("shapes {} and {} do not broadcast", a.shape, b.shape))
+    broadcast_shapes(&a.shape, &b.shape).ok_or_else(|| format!("shapes {} and {} do not broadcast", a.shape, b.shape))
 }
 
 pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
@@ -332,7 +331,12 @@ pub(crate) fn decompose_unary(u: UnaryOp, g: &mut Graph, inputs: &[Value]) -> Re
 }
 
 /// `clamp(x, lo, hi) = min(max(x, lo), hi)`.
-pub(crate) fn decompose_clamp(min: Option<f64>, max: Option<f64>, g: &mut Graph, inputs: &[Value]) -> Result<Vec<Value>> {
+pub(crate) fn decompose_clamp(
+    min: Option<f64>,
+    max: Option<f64>,
+    g: &mut Graph,
+    inputs: &[Value],
+) -> Result<Vec<Value>> {
     let mut x = inputs[0];
     let dt = g.ty(x).dtype;
     if let Some(lo) = min {

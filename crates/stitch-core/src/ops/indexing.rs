@@ -26,7 +26,9 @@ pub enum ScatterReduction {
 /// Number of elements of `range(start, limit, delta)`.
 pub fn range_len(start: f64, limit: f64, delta: f64) -> Result<usize, String> {
     if delta == 0.0 || !delta.is_finite() || !start.is_finite() || !limit.is_finite() {
-        return Err(format!("range({start}, {limit}, {delta}) needs finite bounds and a non-zero delta"));
+        return Err(format!(
+            "range({start}, {limit}, {delta}) needs finite bounds and a non-zero delta"
+        ));
     }
     Ok(((limit - start) / delta).ceil().max(0.0) as usize)
 }
@@ -72,24 +74,35 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
             }
             Ok(vec![data.clone()])
         }
-        Op::OneHot { depth, axis: a, dtype, .. } => {
+        Op::OneHot {
+            depth, axis: a, dtype, ..
+        } => {
             arity(inputs, 1, 1)?;
             let idx = &inputs[0];
             if !idx.dtype.is_int() {
                 return Err(format!("one_hot indices must be integers, got {idx}"));
             }
             let out_rank = idx.shape.rank() + 1;
-            let ax = normalize_axis(*a, out_rank).ok_or_else(|| format!("one_hot axis {a} out of range for output rank {out_rank}"))?;
+            let ax = normalize_axis(*a, out_rank)
+                .ok_or_else(|| format!("one_hot axis {a} out of range for output rank {out_rank}"))?;
             let mut dims = idx.shape.0.clone();
             dims.insert(ax, Dim::Known(*depth));
             Ok(vec![TensorType::new(*dtype, Shape(dims))])
         }
-        Op::Range { start, limit, delta, dtype } => {
+        Op::Range {
+            start,
+            limit,
+            delta,
+            dtype,
+        } => {
             arity(inputs, 0, 0)?;
             if !dtype.is_numeric() {
                 return Err(format!("range dtype must be numeric, got {dtype}"));
             }
-            Ok(vec![TensorType::new(*dtype, Shape::known(&[range_len(*start, *limit, *delta)?]))])
+            Ok(vec![TensorType::new(
+                *dtype,
+                Shape::known(&[range_len(*start, *limit, *delta)?]),
+            )])
         }
         _ => unreachable!("indexing::infer called for {}", op.kind()),
     }
@@ -117,10 +130,27 @@ impl Graph {
     }
     /// One-hot encoding with a new axis of size `depth` (1 where equal, else 0).
     pub fn one_hot(&mut self, indices: Value, depth: usize, axis: i64, dtype: DType) -> Result<Value> {
-        self.add_op(Op::OneHot { depth, axis, dtype, on_value: 1.0, off_value: 0.0 }, &[indices])
+        self.add_op(
+            Op::OneHot {
+                depth,
+                axis,
+                dtype,
+                on_value: 1.0,
+                off_value: 0.0,
+            },
+            &[indices],
+        )
     }
     /// `[start, start + delta, ...)` below `limit`.
     pub fn range(&mut self, start: f64, limit: f64, delta: f64, dtype: DType) -> Result<Value> {
-        self.add_op(Op::Range { start, limit, delta, dtype }, &[])
+        self.add_op(
+            Op::Range {
+                start,
+                limit,
+                delta,
+                dtype,
+            },
+            &[],
+        )
     }
 }

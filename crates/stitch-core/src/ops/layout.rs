@@ -53,15 +53,22 @@ pub fn slice_params(
         return Err(format!("slice starts {starts:?} and ends {ends:?} differ in length"));
     }
     let n = starts.len();
-    let axes: Vec<i64> = if axes.is_empty() { (0..n as i64).collect() } else { axes.to_vec() };
+    let axes: Vec<i64> = if axes.is_empty() {
+        (0..n as i64).collect()
+    } else {
+        axes.to_vec()
+    };
     let steps: Vec<i64> = if steps.is_empty() { vec![1; n] } else { steps.to_vec() };
     if axes.len() != n || steps.len() != n {
-        return Err(format!("slice axes {axes:?} / steps {steps:?} must have {n} entries like starts"));
+        return Err(format!(
+            "slice axes {axes:?} / steps {steps:?} must have {n} entries like starts"
+        ));
     }
     let mut out = vec![(0i64, i64::MAX, 1i64); rank];
     let mut seen = vec![false; rank];
     for i in 0..n {
-        let a = normalize_axis(axes[i], rank).ok_or_else(|| format!("slice axis {} out of range for rank {rank}", axes[i]))?;
+        let a = normalize_axis(axes[i], rank)
+            .ok_or_else(|| format!("slice axis {} out of range for rank {rank}", axes[i]))?;
         if std::mem::replace(&mut seen[a], true) {
             return Err(format!("slice axis {} repeated in {axes:?}", axes[i]));
         }
@@ -79,9 +86,13 @@ pub fn reshape_shape(input: &Shape, target: &[i64]) -> Result<Shape, String> {
     let mut infer_at = None;
     for (i, &t) in target.iter().enumerate() {
         match t {
-            0 => out.push(
-                input.0.get(i).cloned().ok_or_else(|| format!("reshape target {target:?} copies axis {i} (0) that input {input} lacks"))?,
-            ),
+            0 => {
+                out.push(
+                    input.0.get(i).cloned().ok_or_else(|| {
+                        format!("reshape target {target:?} copies axis {i} (0) that input {input} lacks")
+                    })?,
+                )
+            }
             -1 => {
                 if infer_at.replace(i).is_some() {
                     return Err(format!("reshape target {target:?} has more than one -1"));
@@ -117,8 +128,16 @@ pub fn reshape_shape(input: &Shape, target: &[i64]) -> Result<Shape, String> {
     match infer_at {
         Some(i) => {
             if !sout.is_empty() || !sin.is_empty() {
-                let num = if sin.is_empty() { kin.to_string() } else { format!("{}*{kin}", sin.join("*")) };
-                let den = if sout.is_empty() { kout.to_string() } else { format!("{}*{kout}", sout.join("*")) };
+                let num = if sin.is_empty() {
+                    kin.to_string()
+                } else {
+                    format!("{}*{kin}", sin.join("*"))
+                };
+                let den = if sout.is_empty() {
+                    kout.to_string()
+                } else {
+                    format!("{}*{kout}", sout.join("*"))
+                };
                 out[i] = if sin.len() == 1 && sout.is_empty() && kin == kout {
                     Dim::sym(&sin[0])
                 } else {
@@ -126,14 +145,18 @@ pub fn reshape_shape(input: &Shape, target: &[i64]) -> Result<Shape, String> {
                 };
             } else {
                 if kout == 0 || kin % kout != 0 {
-                    return Err(format!("cannot reshape {input} to {target:?}: {kin} elements do not divide into {kout}"));
+                    return Err(format!(
+                        "cannot reshape {input} to {target:?}: {kin} elements do not divide into {kout}"
+                    ));
                 }
                 out[i] = Dim::Known(kin / kout);
             }
         }
         None => {
             if sin.is_empty() && sout.is_empty() && kin != kout {
-                return Err(format!("cannot reshape {input} ({kin} elements) to {target:?} ({kout} elements)"));
+                return Err(format!(
+                    "cannot reshape {input} ({kin} elements) to {target:?} ({kout} elements)"
+                ));
             }
         }
     }
@@ -150,7 +173,11 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
     match op {
         Op::Reshape { shape } => same(reshape_shape(&x.shape, shape)?),
         Op::Transpose { perm } => {
-            let perm: Vec<usize> = if perm.is_empty() { (0..rank).rev().collect() } else { perm.clone() };
+            let perm: Vec<usize> = if perm.is_empty() {
+                (0..rank).rev().collect()
+            } else {
+                perm.clone()
+            };
             let mut seen = vec![false; rank];
             if perm.len() != rank || perm.iter().any(|&p| p >= rank || std::mem::replace(&mut seen[p], true)) {
                 return Err(format!("perm {perm:?} is not a permutation of the axes of {x}"));
@@ -175,22 +202,46 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
                     }
                 }
             }
-            same(Shape(x.shape.0.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone()).collect()))
+            same(Shape(
+                x.shape
+                    .0
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !axes.contains(i))
+                    .map(|(_, d)| d.clone())
+                    .collect(),
+            ))
         }
         Op::Unsqueeze { axes } => {
             let out_rank = rank + axes.len();
             let mut pos = Vec::with_capacity(axes.len());
             for &a in axes {
-                let p = normalize_axis(a, out_rank).ok_or_else(|| format!("unsqueeze axis {a} out of range for output rank {out_rank}"))?;
+                let p = normalize_axis(a, out_rank)
+                    .ok_or_else(|| format!("unsqueeze axis {a} out of range for output rank {out_rank}"))?;
                 if pos.contains(&p) {
                     return Err(format!("unsqueeze axis {a} repeated in {axes:?}"));
                 }
                 pos.push(p);
             }
             let mut it = x.shape.0.iter();
-            same(Shape((0..out_rank).map(|i| if pos.contains(&i) { Dim::Known(1) } else { it.next().cloned().unwrap_or(Dim::Known(1)) }).collect()))
+            same(Shape(
+                (0..out_rank)
+                    .map(|i| {
+                        if pos.contains(&i) {
+                            Dim::Known(1)
+                        } else {
+                            it.next().cloned().unwrap_or(Dim::Known(1))
+                        }
+                    })
+                    .collect(),
+            ))
         }
-        Op::Slice { starts, ends, axes, steps } => {
+        Op::Slice {
+            starts,
+            ends,
+            axes,
+            steps,
+        } => {
             let params = slice_params(rank, starts, ends, axes, steps)?;
             let dims = x
                 .shape
@@ -217,7 +268,10 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
                         (p, q) => p == q || p.known().is_none() || q.known().is_none(),
                     });
                 if !compatible {
-                    return Err(format!("cannot concat {} with {} along axis {ax}: other axes differ", x, t));
+                    return Err(format!(
+                        "cannot concat {} with {} along axis {ax}: other axes differ",
+                        x, t
+                    ));
                 }
                 total = match (&total, &t.shape.0[ax]) {
                     (Dim::Known(p), Dim::Known(q)) => Dim::Known(p + q),
@@ -233,7 +287,9 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
             if let Some(d) = x.shape.0[ax].known() {
                 let sum: usize = sizes.iter().sum();
                 if sum != d {
-                    return Err(format!("split sizes {sizes:?} sum to {sum}, but axis {ax} of {x} has size {d}"));
+                    return Err(format!(
+                        "split sizes {sizes:?} sum to {sum}, but axis {ax} of {x} has size {d}"
+                    ));
                 }
             }
             Ok(sizes
@@ -264,7 +320,10 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
         }
         Op::Pad { pads, mode, .. } => {
             if pads.len() != 2 * rank {
-                return Err(format!("pads {pads:?} must have 2 × rank = {} entries for {x}", 2 * rank));
+                return Err(format!(
+                    "pads {pads:?} must have 2 × rank = {} entries for {x}",
+                    2 * rank
+                ));
             }
             let mut dims = Vec::with_capacity(rank);
             for (i, d) in x.shape.0.iter().enumerate() {
@@ -316,7 +375,15 @@ impl Graph {
     }
     /// ONNX slice (`axes`/`steps` may be empty: all axes in order / steps of 1).
     pub fn slice(&mut self, x: Value, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) -> Result<Value> {
-        self.add_op(Op::Slice { starts: starts.to_vec(), ends: ends.to_vec(), axes: axes.to_vec(), steps: steps.to_vec() }, &[x])
+        self.add_op(
+            Op::Slice {
+                starts: starts.to_vec(),
+                ends: ends.to_vec(),
+                axes: axes.to_vec(),
+                steps: steps.to_vec(),
+            },
+            &[x],
+        )
     }
     /// Concatenate along `axis`.
     pub fn concat(&mut self, xs: &[Value], axis: i64) -> Result<Value> {
@@ -324,14 +391,32 @@ impl Graph {
     }
     /// Split along `axis` into pieces of `sizes`.
     pub fn split(&mut self, x: Value, axis: i64, sizes: &[usize]) -> Result<Vec<Value>> {
-        self.add_node(Op::Split { axis, sizes: sizes.to_vec() }, &[x])
+        self.add_node(
+            Op::Split {
+                axis,
+                sizes: sizes.to_vec(),
+            },
+            &[x],
+        )
     }
     /// Repeat along each axis.
     pub fn tile(&mut self, x: Value, repeats: &[usize]) -> Result<Value> {
-        self.add_op(Op::Tile { repeats: repeats.to_vec() }, &[x])
+        self.add_op(
+            Op::Tile {
+                repeats: repeats.to_vec(),
+            },
+            &[x],
+        )
     }
     /// Pad (`pads = [begins.., ends..]`).
     pub fn pad(&mut self, x: Value, pads: &[i64], mode: PadMode, value: f64) -> Result<Value> {
-        self.add_op(Op::Pad { pads: pads.to_vec(), mode, value }, &[x])
+        self.add_op(
+            Op::Pad {
+                pads: pads.to_vec(),
+                mode,
+                value,
+            },
+            &[x],
+        )
     }
 }

@@ -59,7 +59,10 @@ pub fn matmul_shape(a: &Shape, b: &Shape, ta: bool, tb: bool) -> Result<Shape, S
 
 pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
     match op {
-        Op::MatMul { transpose_a, transpose_b } => {
+        Op::MatMul {
+            transpose_a,
+            transpose_b,
+        } => {
             arity(inputs, 2, 2)?;
             same_dtype(inputs)?;
             if !inputs[0].dtype.is_numeric() {
@@ -68,16 +71,26 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
             let s = matmul_shape(&inputs[0].shape, &inputs[1].shape, *transpose_a, *transpose_b)?;
             Ok(vec![TensorType::new(inputs[0].dtype, s)])
         }
-        Op::Gemm { transpose_a, transpose_b, .. } => {
+        Op::Gemm {
+            transpose_a,
+            transpose_b,
+            ..
+        } => {
             arity(inputs, 2, 3)?;
             same_dtype(inputs)?;
             if inputs[0].shape.rank() != 2 || inputs[1].shape.rank() != 2 {
-                return Err(format!("gemm needs 2-D a and b, got {} and {}", inputs[0].shape, inputs[1].shape));
+                return Err(format!(
+                    "gemm needs 2-D a and b, got {} and {}",
+                    inputs[0].shape, inputs[1].shape
+                ));
             }
             let s = matmul_shape(&inputs[0].shape, &inputs[1].shape, *transpose_a, *transpose_b)?;
             if let Some(c) = inputs.get(2) {
                 if c.shape.rank() > 2 || broadcast_shapes(&c.shape, &s).as_ref() != Some(&s) {
-                    return Err(format!("gemm bias c of shape {} does not broadcast to the product's shape {s}", c.shape));
+                    return Err(format!(
+                        "gemm bias c of shape {} does not broadcast to the product's shape {s}",
+                        c.shape
+                    ));
                 }
             }
             Ok(vec![TensorType::new(inputs[0].dtype, s)])
@@ -88,7 +101,15 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
 
 /// `gemm = alpha * matmul(a, b) + beta * c`.
 pub(crate) fn decompose(op: &Op, g: &mut Graph, inputs: &[Value]) -> Result<Vec<Value>> {
-    let Op::Gemm { alpha, beta, transpose_a, transpose_b } = op else { unreachable!() };
+    let Op::Gemm {
+        alpha,
+        beta,
+        transpose_a,
+        transpose_b,
+    } = op
+    else {
+        unreachable!()
+    };
     let dt = g.ty(inputs[0]).dtype;
     let mut y = g.matmul_t(inputs[0], inputs[1], *transpose_a, *transpose_b)?;
     if *alpha != 1.0 {
@@ -114,9 +135,16 @@ impl Graph {
     }
     /// `op(a) @ op(b)` where `op` swaps the last two axes when asked.
     pub fn matmul_t(&mut self, a: Value, b: Value, transpose_a: bool, transpose_b: bool) -> Result<Value> {
-        self.add_op(Op::MatMul { transpose_a, transpose_b }, &[a, b])
+        self.add_op(
+            Op::MatMul {
+                transpose_a,
+                transpose_b,
+            },
+            &[a, b],
+        )
     }
     /// `alpha * op(a) @ op(b) + beta * c` on 2-D operands.
+    #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &mut self,
         a: Value,
@@ -129,6 +157,14 @@ impl Graph {
     ) -> Result<Value> {
         let mut ins = vec![a, b];
         ins.extend(c);
-        self.add_op(Op::Gemm { alpha, beta, transpose_a, transpose_b }, &ins)
+        self.add_op(
+            Op::Gemm {
+                alpha,
+                beta,
+                transpose_a,
+                transpose_b,
+            },
+            &ins,
+        )
     }
 }

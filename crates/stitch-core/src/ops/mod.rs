@@ -33,9 +33,9 @@ use crate::Result;
 pub use attention::SdpaAttrs;
 pub use conv::{ConvAttrs, PoolAttrs};
 pub use elementwise::{BinaryOp, UnaryOp};
+pub use indexing::ScatterReduction;
 pub use layout::PadMode;
 pub use reduce::{ArgReduceOp, ReduceOp};
-pub use indexing::ScatterReduction;
 
 /// An operation: what a graph node computes.
 ///
@@ -69,13 +69,27 @@ pub enum Op {
 
     // ---- reductions ----
     /// Reduce over `axes` (empty = all axes).
-    Reduce { op: ReduceOp, axes: Vec<i64>, keepdims: bool },
+    Reduce {
+        op: ReduceOp,
+        axes: Vec<i64>,
+        keepdims: bool,
+    },
     /// Index of the max/min along `axis` (i64 output); first occurrence unless `select_last_index`.
-    ArgReduce { op: ArgReduceOp, axis: i64, keepdims: bool, select_last_index: bool },
+    ArgReduce {
+        op: ArgReduceOp,
+        axis: i64,
+        keepdims: bool,
+        select_last_index: bool,
+    },
     /// Cumulative sum along `axis`.
     CumSum { axis: i64, exclusive: bool, reverse: bool },
     /// The `k` largest (or smallest) along `axis`: outputs `[values, indices(i64)]`.
-    TopK { k: usize, axis: i64, largest: bool, sorted: bool },
+    TopK {
+        k: usize,
+        axis: i64,
+        largest: bool,
+        sorted: bool,
+    },
 
     // ---- normalisation (composites) ----
     /// Softmax along `axis`.
@@ -92,7 +106,12 @@ pub enum Op {
     /// transposed in its last two axes. 1-D operands follow numpy rules.
     MatMul { transpose_a: bool, transpose_b: bool },
     /// `alpha * op(A) @ op(B) + beta * C` on 2-D operands (C broadcast). Inputs `[a, b, c?]`.
-    Gemm { alpha: f64, beta: f64, transpose_a: bool, transpose_b: bool },
+    Gemm {
+        alpha: f64,
+        beta: f64,
+        transpose_a: bool,
+        transpose_b: bool,
+    },
 
     // ---- layout ----
     /// Reshape; `0` copies the input dim (ONNX), `-1` is inferred.
@@ -106,7 +125,12 @@ pub enum Op {
     /// Insert size-1 axes at `axes` (positions in the output).
     Unsqueeze { axes: Vec<i64> },
     /// Slice with ONNX semantics (negative indices, clamping, negative steps).
-    Slice { starts: Vec<i64>, ends: Vec<i64>, axes: Vec<i64>, steps: Vec<i64> },
+    Slice {
+        starts: Vec<i64>,
+        ends: Vec<i64>,
+        axes: Vec<i64>,
+        steps: Vec<i64>,
+    },
     /// Concatenate along `axis`.
     Concat { axis: i64 },
     /// Split along `axis` into pieces of `sizes` (one output each).
@@ -124,9 +148,20 @@ pub enum Op {
     /// ONNX ScatterElements. Inputs `[data, indices, updates]`.
     ScatterElements { axis: i64, reduction: ScatterReduction },
     /// One-hot encode integer indices: new axis of size `depth` at `axis`.
-    OneHot { depth: usize, axis: i64, dtype: DType, on_value: f64, off_value: f64 },
+    OneHot {
+        depth: usize,
+        axis: i64,
+        dtype: DType,
+        on_value: f64,
+        off_value: f64,
+    },
     /// `start, start+delta, ...` below `limit` (ONNX Range). No inputs.
-    Range { start: f64, limit: f64, delta: f64, dtype: DType },
+    Range {
+        start: f64,
+        limit: f64,
+        delta: f64,
+        dtype: DType,
+    },
 
     // ---- convolution and pooling ----
     /// 1-D or 2-D convolution (NCW / NCHW). Inputs `[x, weight, bias?]`.
@@ -216,8 +251,12 @@ impl Op {
             Op::Placeholder { .. } | Op::Constant(_) | Op::ReadVariable(_) | Op::Assign(_) | Op::SliceUpdate(_) => {
                 state::infer(self, inputs, graph)
             }
-            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Cast(_) | Op::Clamp { .. } => elementwise::infer(self, inputs),
-            Op::Reduce { .. } | Op::ArgReduce { .. } | Op::CumSum { .. } | Op::TopK { .. } => reduce::infer(self, inputs),
+            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Cast(_) | Op::Clamp { .. } => {
+                elementwise::infer(self, inputs)
+            }
+            Op::Reduce { .. } | Op::ArgReduce { .. } | Op::CumSum { .. } | Op::TopK { .. } => {
+                reduce::infer(self, inputs)
+            }
             Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::LayerNorm { .. } | Op::RmsNorm { .. } => {
                 normalization::infer(self, inputs)
             }
@@ -232,9 +271,11 @@ impl Op {
             | Op::Split { .. }
             | Op::Tile { .. }
             | Op::Pad { .. } => layout::infer(self, inputs),
-            Op::Gather { .. } | Op::GatherElements { .. } | Op::ScatterElements { .. } | Op::OneHot { .. } | Op::Range { .. } => {
-                indexing::infer(self, inputs)
-            }
+            Op::Gather { .. }
+            | Op::GatherElements { .. }
+            | Op::ScatterElements { .. }
+            | Op::OneHot { .. }
+            | Op::Range { .. } => indexing::infer(self, inputs),
             Op::Conv(_) | Op::MaxPool(_) | Op::AvgPool(_) => conv::infer(self, inputs),
             Op::Sdpa(_) => attention::infer(self, inputs),
         }
@@ -267,7 +308,11 @@ pub(crate) mod util {
     /// Checks the number of inputs.
     pub fn arity(inputs: &[TensorType], min: usize, max: usize) -> Result<(), String> {
         if inputs.len() < min || inputs.len() > max {
-            let want = if min == max { format!("{min}") } else { format!("{min} to {max}") };
+            let want = if min == max {
+                format!("{min}")
+            } else {
+                format!("{min} to {max}")
+            };
             return Err(format!("expected {want} inputs, got {}", inputs.len()));
         }
         Ok(())
@@ -275,8 +320,13 @@ pub(crate) mod util {
 
     /// Normalises `axis` for a tensor of `rank`, with an error naming the shape.
     pub fn axis(axis: i64, t: &TensorType) -> Result<usize, String> {
-        normalize_axis(axis, t.shape.rank())
-            .ok_or_else(|| format!("axis {axis} is out of range for input of shape {} (rank {})", t.shape, t.shape.rank()))
+        normalize_axis(axis, t.shape.rank()).ok_or_else(|| {
+            format!(
+                "axis {axis} is out of range for input of shape {} (rank {})",
+                t.shape,
+                t.shape.rank()
+            )
+        })
     }
 
     /// Requires all inputs to share one dtype.

@@ -114,7 +114,14 @@ impl Graph {
         self.add_op(Op::LogSoftmax { axis }, &[x])
     }
     /// Layer norm over axes `axis..rank`, with `scale` and optional `bias`.
-    pub fn layer_norm(&mut self, x: Value, scale: Value, bias: Option<Value>, axis: i64, epsilon: f64) -> Result<Value> {
+    pub fn layer_norm(
+        &mut self,
+        x: Value,
+        scale: Value,
+        bias: Option<Value>,
+        axis: i64,
+        epsilon: f64,
+    ) -> Result<Value> {
         let mut ins = vec![x, scale];
         ins.extend(bias);
         self.add_op(Op::LayerNorm { axis, epsilon }, &ins)

@@ -27,7 +27,13 @@ pub enum ReduceOp {
 
 impl ReduceOp {
     /// Every reduction.
-    pub const ALL: [ReduceOp; 5] = [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min, ReduceOp::Prod];
+    pub const ALL: [ReduceOp; 5] = [
+        ReduceOp::Sum,
+        ReduceOp::Mean,
+        ReduceOp::Max,
+        ReduceOp::Min,
+        ReduceOp::Prod,
+    ];
     /// Lowercase name, e.g. `reduce_sum`.
     pub fn name(self) -> &'static str {
         match self {
@@ -102,14 +108,20 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
     match op {
         Op::Reduce { axes, keepdims, .. } => {
             let axes = reduction_axes(axes, x)?;
-            Ok(vec![TensorType::new(x.dtype, reduced_shape(&x.shape, &axes, *keepdims))])
+            Ok(vec![TensorType::new(
+                x.dtype,
+                reduced_shape(&x.shape, &axes, *keepdims),
+            )])
         }
         Op::ArgReduce { axis: a, keepdims, .. } => {
             let ax = axis(*a, x)?;
             if x.shape.0[ax].is(0) {
                 return Err(format!("{} over an empty axis {ax} of {x}", op.kind()));
             }
-            Ok(vec![TensorType::new(DType::I64, reduced_shape(&x.shape, &[ax], *keepdims))])
+            Ok(vec![TensorType::new(
+                DType::I64,
+                reduced_shape(&x.shape, &[ax], *keepdims),
+            )])
         }
         Op::CumSum { axis: a, .. } => {
             axis(*a, x)?;
@@ -124,7 +136,10 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
             }
             let mut s = x.shape.clone();
             s.0[ax] = Dim::Known(*k);
-            Ok(vec![TensorType::new(x.dtype, s.clone()), TensorType::new(DType::I64, s)])
+            Ok(vec![
+                TensorType::new(x.dtype, s.clone()),
+                TensorType::new(DType::I64, s),
+            ])
         }
         _ => unreachable!("reduce::infer called for {}", op.kind()),
     }
@@ -133,7 +148,14 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
 impl Graph {
     /// Reduce over `axes` (empty = all) with `op`.
     pub fn reduce(&mut self, op: ReduceOp, x: Value, axes: &[i64], keepdims: bool) -> Result<Value> {
-        self.add_op(Op::Reduce { op, axes: axes.to_vec(), keepdims }, &[x])
+        self.add_op(
+            Op::Reduce {
+                op,
+                axes: axes.to_vec(),
+                keepdims,
+            },
+            &[x],
+        )
     }
     /// Sum over `axes`.
     pub fn sum(&mut self, x: Value, axes: &[i64], keepdims: bool) -> Result<Value> {
@@ -157,19 +179,50 @@ impl Graph {
     }
     /// Index (i64) of the maximum along `axis` (first occurrence).
     pub fn argmax(&mut self, x: Value, axis: i64, keepdims: bool) -> Result<Value> {
-        self.add_op(Op::ArgReduce { op: ArgReduceOp::ArgMax, axis, keepdims, select_last_index: false }, &[x])
+        self.add_op(
+            Op::ArgReduce {
+                op: ArgReduceOp::ArgMax,
+                axis,
+                keepdims,
+                select_last_index: false,
+            },
+            &[x],
+        )
     }
     /// Index (i64) of the minimum along `axis` (first occurrence).
     pub fn argmin(&mut self, x: Value, axis: i64, keepdims: bool) -> Result<Value> {
-        self.add_op(Op::ArgReduce { op: ArgReduceOp::ArgMin, axis, keepdims, select_last_index: false }, &[x])
+        self.add_op(
+            Op::ArgReduce {
+                op: ArgReduceOp::ArgMin,
+                axis,
+                keepdims,
+                select_last_index: false,
+            },
+            &[x],
+        )
     }
     /// Cumulative sum along `axis`.
     pub fn cumsum(&mut self, x: Value, axis: i64, exclusive: bool, reverse: bool) -> Result<Value> {
-        self.add_op(Op::CumSum { axis, exclusive, reverse }, &[x])
+        self.add_op(
+            Op::CumSum {
+                axis,
+                exclusive,
+                reverse,
+            },
+            &[x],
+        )
     }
     /// The `k` largest (`largest`) or smallest values along `axis`, sorted; returns `(values, indices)`.
     pub fn topk(&mut self, x: Value, k: usize, axis: i64, largest: bool) -> Result<(Value, Value)> {
-        let o = self.add_node(Op::TopK { k, axis, largest, sorted: true }, &[x])?;
+        let o = self.add_node(
+            Op::TopK {
+                k,
+                axis,
+                largest,
+                sorted: true,
+            },
+            &[x],
+        )?;
         Ok((o[0], o[1]))
     }
 }

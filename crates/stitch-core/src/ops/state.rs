@@ -34,7 +34,11 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType], graph: &Graph) -> Result<Vec
             let t = var_ty(*v)?;
             let x = &inputs[0];
             let same_shape = x.shape.rank() == t.shape.rank()
-                && x.shape.0.iter().zip(&t.shape.0).all(|(a, b)| a == b || a.known().is_none());
+                && x.shape
+                    .0
+                    .iter()
+                    .zip(&t.shape.0)
+                    .all(|(a, b)| a == b || a.known().is_none());
             if x.dtype != t.dtype || !same_shape {
                 return Err(format!("assigned value {x} does not match variable type {t}"));
             }
@@ -55,7 +59,10 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType], graph: &Graph) -> Result<Vec
                 }
             }
             if starts.dtype != DType::I64 || starts.shape.rank() != 1 || !starts.shape.0[0].is(t.shape.rank()) {
-                return Err(format!("starts must be i64[{}], one per axis of {t}; got {starts}", t.shape.rank()));
+                return Err(format!(
+                    "starts must be i64[{}], one per axis of {t}; got {starts}",
+                    t.shape.rank()
+                ));
             }
             Ok(vec![])
         }

@@ -33,7 +33,8 @@ pub fn specialize(graph: &Graph, inputs: &[TensorType]) -> Result<Graph> {
             }
             op => {
                 let types: Vec<TensorType> = node.inputs.iter().map(|v| g.ty(*v).clone()).collect();
-                op.infer(&types, &g).map_err(|m| Error::node(node.name.clone(), op.kind(), m))?
+                op.infer(&types, &g)
+                    .map_err(|m| Error::node(node.name.clone(), op.kind(), m))?
             }
         };
         g.nodes_mut()[i].outputs = new_types;
@@ -41,9 +42,18 @@ pub fn specialize(graph: &Graph, inputs: &[TensorType]) -> Result<Graph> {
     Ok(g)
 }
 
-fn bind(name: &str, declared: &TensorType, given: &TensorType, bindings: &mut HashMap<Arc<str>, (usize, String)>) -> Result<()> {
+fn bind(
+    name: &str,
+    declared: &TensorType,
+    given: &TensorType,
+    bindings: &mut HashMap<Arc<str>, (usize, String)>,
+) -> Result<()> {
     let mismatch = |why: String| {
-        Error::node(name, "placeholder", format!("input {given} does not match the declared {declared}: {why}"))
+        Error::node(
+            name,
+            "placeholder",
+            format!("input {given} does not match the declared {declared}: {why}"),
+        )
     };
     if declared.dtype != given.dtype {
         return Err(mismatch("dtypes differ".into()));
@@ -74,5 +84,8 @@ fn bind(name: &str, declared: &TensorType, given: &TensorType, bindings: &mut Ha
 
 /// The concrete type of a tensor.
 pub fn type_of(t: &crate::Tensor) -> TensorType {
-    TensorType { dtype: t.dtype(), shape: Shape::known(t.shape()) }
+    TensorType {
+        dtype: t.dtype(),
+        shape: Shape::known(t.shape()),
+    }
 }

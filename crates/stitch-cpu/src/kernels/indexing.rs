@@ -12,12 +12,26 @@ pub fn gather_elements(data: &Tensor, indices: &Tensor, axis: i64) -> Result<Ten
     todo!("{data:?} {indices:?} {axis}")
 }
 /// ONNX ScatterElements.
-pub fn scatter_elements(data: &Tensor, indices: &Tensor, updates: &Tensor, axis: i64, reduction: ScatterReduction) -> Result<Tensor> {
+pub fn scatter_elements(
+    data: &Tensor,
+    indices: &Tensor,
+    updates: &Tensor,
+    axis: i64,
+    reduction: ScatterReduction,
+) -> Result<Tensor> {
     todo!("{data:?} {indices:?} {updates:?} {axis} {reduction:?}")
 }
 /// One-hot.
 #[allow(clippy::too_many_arguments)]
-pub fn one_hot(indices: &Tensor, depth: usize, axis: i64, dtype: DType, on_value: f64, off_value: f64, out: &TensorType) -> Result<Tensor> {
+pub fn one_hot(
+    indices: &Tensor,
+    depth: usize,
+    axis: i64,
+    dtype: DType,
+    on_value: f64,
+    off_value: f64,
+    out: &TensorType,
+) -> Result<Tensor> {
     todo!("{indices:?} {depth} {axis} {dtype} {on_value} {off_value} {out}")
 }
 /// Range with `out`'s length.

@@ -22,7 +22,8 @@ pub const PAR_CHUNK: usize = 1 << 14;
 
 /// Concrete dims of an output type (the executor only runs concrete plans).
 pub fn dims(t: &TensorType) -> Result<Vec<usize>> {
-    t.concrete().ok_or_else(|| Error::invalid(format!("output type {t} is not concrete")))
+    t.concrete()
+        .ok_or_else(|| Error::invalid(format!("output type {t} is not concrete")))
 }
 
 /// True for composite ops that have a fused CPU kernel.
@@ -51,26 +52,71 @@ pub fn execute(op: &Op, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Vec
         Op::Clamp { min, max } => one(elementwise::clamp(&inputs[0], *min, *max)),
 
         Op::Reduce { op, axes, keepdims } => one(reduce::reduce(*op, &inputs[0], axes, *keepdims, out)),
-        Op::ArgReduce { op, axis, keepdims, select_last_index } => {
-            one(reduce::arg_reduce(*op, &inputs[0], *axis, *keepdims, *select_last_index, out))
-        }
-        Op::CumSum { axis, exclusive, reverse } => one(reduce::cumsum(&inputs[0], *axis, *exclusive, *reverse)),
-        Op::TopK { k, axis, largest, sorted } => reduce::topk(&inputs[0], *k, *axis, *largest, *sorted),
+        Op::ArgReduce {
+            op,
+            axis,
+            keepdims,
+            select_last_index,
+        } => one(reduce::arg_reduce(
+            *op,
+            &inputs[0],
+            *axis,
+            *keepdims,
+            *select_last_index,
+            out,
+        )),
+        Op::CumSum {
+            axis,
+            exclusive,
+            reverse,
+        } => one(reduce::cumsum(&inputs[0], *axis, *exclusive, *reverse)),
+        Op::TopK {
+            k,
+            axis,
+            largest,
+            sorted,
+        } => reduce::topk(&inputs[0], *k, *axis, *largest, *sorted),
 
         Op::Softmax { axis } => one(normalization::softmax(&inputs[0], *axis, false)),
         Op::LogSoftmax { axis } => one(normalization::softmax(&inputs[0], *axis, true)),
-        Op::LayerNorm { axis, epsilon } => one(normalization::layer_norm(&inputs[0], &inputs[1], inputs.get(2), *axis, *epsilon)),
+        Op::LayerNorm { axis, epsilon } => one(normalization::layer_norm(
+            &inputs[0],
+            &inputs[1],
+            inputs.get(2),
+            *axis,
+            *epsilon,
+        )),
         Op::RmsNorm { axis, epsilon } => one(normalization::rms_norm(&inputs[0], &inputs[1], *axis, *epsilon)),
 
-        Op::MatMul { transpose_a, transpose_b } => one(linalg::matmul(&inputs[0], &inputs[1], *transpose_a, *transpose_b, out)),
-        Op::Gemm { alpha, beta, transpose_a, transpose_b } => {
-            one(linalg::gemm(&inputs[0], &inputs[1], inputs.get(2), *alpha, *beta, *transpose_a, *transpose_b, out))
-        }
+        Op::MatMul {
+            transpose_a,
+            transpose_b,
+        } => one(linalg::matmul(&inputs[0], &inputs[1], *transpose_a, *transpose_b, out)),
+        Op::Gemm {
+            alpha,
+            beta,
+            transpose_a,
+            transpose_b,
+        } => one(linalg::gemm(
+            &inputs[0],
+            &inputs[1],
+            inputs.get(2),
+            *alpha,
+            *beta,
+            *transpose_a,
+            *transpose_b,
+            out,
+        )),
 
         Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => one(layout::reshape(&inputs[0], out)),
         Op::Transpose { perm } => one(layout::transpose(&inputs[0], perm)),
         Op::Expand { .. } => one(layout::expand(&inputs[0], out)),
-        Op::Slice { starts, ends, axes, steps } => one(layout::slice(&inputs[0], starts, ends, axes, steps)),
+        Op::Slice {
+            starts,
+            ends,
+            axes,
+            steps,
+        } => one(layout::slice(&inputs[0], starts, ends, axes, steps)),
         Op::Concat { axis } => one(layout::concat(inputs, *axis, out)),
         Op::Split { axis, sizes } => layout::split(&inputs[0], *axis, sizes),
         Op::Tile { repeats } => one(layout::tile(&inputs[0], repeats, out)),
@@ -78,20 +124,34 @@ pub fn execute(op: &Op, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Vec
 
         Op::Gather { axis } => one(indexing::gather(&inputs[0], &inputs[1], *axis, out)),
         Op::GatherElements { axis } => one(indexing::gather_elements(&inputs[0], &inputs[1], *axis)),
-        Op::ScatterElements { axis, reduction } => {
-            one(indexing::scatter_elements(&inputs[0], &inputs[1], &inputs[2], *axis, *reduction))
-        }
-        Op::OneHot { depth, axis, dtype, on_value, off_value } => {
-            one(indexing::one_hot(&inputs[0], *depth, *axis, *dtype, *on_value, *off_value, out))
-        }
-        Op::Range { start, delta, dtype, .. } => one(indexing::range(*start, *delta, *dtype, out)),
+        Op::ScatterElements { axis, reduction } => one(indexing::scatter_elements(
+            &inputs[0], &inputs[1], &inputs[2], *axis, *reduction,
+        )),
+        Op::OneHot {
+            depth,
+            axis,
+            dtype,
+            on_value,
+            off_value,
+        } => one(indexing::one_hot(
+            &inputs[0], *depth, *axis, *dtype, *on_value, *off_value, out,
+        )),
+        Op::Range {
+            start, delta, dtype, ..
+        } => one(indexing::range(*start, *delta, *dtype, out)),
 
         Op::Conv(a) => one(conv::conv(&inputs[0], &inputs[1], inputs.get(2), a, out)),
         Op::MaxPool(a) => one(conv::max_pool(&inputs[0], a, out)),
         Op::AvgPool(a) => one(conv::avg_pool(&inputs[0], a, out)),
 
-        Op::Sdpa(_) | Op::Placeholder { .. } | Op::Constant(_) | Op::ReadVariable(_) | Op::Assign(_) | Op::SliceUpdate(_) => {
-            Err(Error::invalid(format!("{} is not a CPU kernel (decomposed or run by the executor)", op.kind())))
-        }
+        Op::Sdpa(_)
+        | Op::Placeholder { .. }
+        | Op::Constant(_)
+        | Op::ReadVariable(_)
+        | Op::Assign(_)
+        | Op::SliceUpdate(_) => Err(Error::invalid(format!(
+            "{} is not a CPU kernel (decomposed or run by the executor)",
+            op.kind()
+        ))),
     }
 }

@@ -8,7 +8,14 @@ pub fn reduce(op: ReduceOp, x: &Tensor, axes: &[i64], keepdims: bool, out: &Tens
     todo!("{op:?} {x:?} {axes:?} {keepdims} {out}")
 }
 /// argmax / argmin along `axis` (i64 output).
-pub fn arg_reduce(op: ArgReduceOp, x: &Tensor, axis: i64, keepdims: bool, select_last_index: bool, out: &TensorType) -> Result<Tensor> {
+pub fn arg_reduce(
+    op: ArgReduceOp,
+    x: &Tensor,
+    axis: i64,
+    keepdims: bool,
+    select_last_index: bool,
+    out: &TensorType,
+) -> Result<Tensor> {
     todo!("{op:?} {x:?} {axis} {keepdims} {select_last_index} {out}")
 }
 /// Cumulative sum along `axis`.

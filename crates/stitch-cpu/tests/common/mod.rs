@@ -101,7 +101,10 @@ pub fn assert_close_tol(actual: &Tensor, expected: &[f64], shape: &[usize], rtol
         } else {
             (g - e).abs() <= atol + rtol * e.abs()
         };
-        assert!(ok, "{what}: element {i}: got {g}, expected {e} (rtol {rtol}, atol {atol})");
+        assert!(
+            ok,
+            "{what}: element {i}: got {g}, expected {e} (rtol {rtol}, atol {atol})"
+        );
     }
 }
 
@@ -127,7 +130,11 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> Vec<usize> {
         .map(|i| {
             let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
             let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
-            if da == 1 { db } else { da }
+            if da == 1 {
+                db
+            } else {
+                da
+            }
         })
         .collect()
 }
@@ -135,6 +142,10 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> Vec<usize> {
 /// Index into a (right-aligned, broadcast) operand of `shape` for output multi-index `out_idx`.
 pub fn broadcast_index(out_idx: &[usize], shape: &[usize]) -> usize {
     let lead = out_idx.len() - shape.len();
-    let idx: Vec<usize> = shape.iter().enumerate().map(|(i, &d)| if d == 1 { 0 } else { out_idx[lead + i] }).collect();
+    let idx: Vec<usize> = shape
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if d == 1 { 0 } else { out_idx[lead + i] })
+        .collect();
     ravel(&idx, shape)
 }
