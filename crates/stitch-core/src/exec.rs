@@ -173,6 +173,11 @@ impl Executable {
         let decompose_all = self.options.decompose_all;
         let keep = move |n: &Node| !decompose_all && backend.supports(n);
         let (graph, outputs) = passes::decompose::decompose(&concrete, &self.outputs, &keep)?;
+        let (graph, outputs) = passes::dce::dce(&graph, &outputs)?;
+        let (graph, outputs, _) =
+            passes::fold_constants::fold_constants(&graph, &outputs, self.backend.as_ref(), Default::default())?;
+        let (graph, outputs, _) = passes::cse::cse(&graph, &outputs)?;
+        let (graph, outputs) = passes::dce::dce(&graph, &outputs)?;
         let live = passes::prune::live_nodes(&graph, &outputs);
         let steps: Vec<usize> = (0..graph.nodes().len()).filter(|&i| live[i]).collect();
         let mut uses: Vec<Vec<u32>> = graph.nodes().iter().map(|n| vec![0; n.outputs.len()]).collect();

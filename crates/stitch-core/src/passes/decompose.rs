@@ -28,28 +28,14 @@ pub fn decompose(graph: &Graph, outputs: &[Value], keep: &dyn Fn(&Node) -> bool)
 }
 
 fn decompose_once(graph: &Graph, outputs: &[Value], keep: &dyn Fn(&Node) -> bool) -> Result<(Graph, Vec<Value>)> {
-    let mut out = graph.empty_like();
-    let mut map: Vec<Vec<Value>> = Vec::with_capacity(graph.nodes().len());
-    for node in graph.nodes() {
-        let inputs: Vec<Value> = node
-            .inputs
-            .iter()
-            .map(|v| map[v.node.0 as usize][v.output as usize])
-            .collect();
-        let values = if node.op.is_composite() && !keep(node) {
+    super::rebuild(graph, outputs, |out, node, inputs| {
+        if node.op.is_composite() && !keep(node) {
             out.push_scope(&node.name);
-            let produced = node.op.decompose(&mut out, &inputs);
+            let produced = node.op.decompose(out, inputs);
             out.pop_scope();
-            produced
-                .ok_or_else(|| Error::invalid(format!("composite op {} has no decomposition", node.op.kind())))??
+            produced.ok_or_else(|| Error::invalid(format!("composite op {} has no decomposition", node.op.kind())))?
         } else {
-            out.copy_node(node, &inputs)?
-        };
-        map.push(values);
-    }
-    let outputs = outputs
-        .iter()
-        .map(|v| map[v.node.0 as usize][v.output as usize])
-        .collect();
-    Ok((out, outputs))
+            out.copy_node(node, inputs)
+        }
+    })
 }
