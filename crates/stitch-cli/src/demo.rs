@@ -217,7 +217,7 @@ pub fn run_demo(cfg: &DemoConfig, backend: Arc<dyn Backend>) -> Result<DemoRepor
     let x = random(&mut rng, &[cfg.batch, cfg.seq, cfg.dim], 1.0)?;
 
     let fused = Executable::compile(&g, &[y], backend.clone(), CompileOptions::default())?;
-    let reference = Executable::compile(&g, &[y], backend, CompileOptions { decompose_all: true })?;
+    let reference = Executable::compile(&g, &[y], backend, CompileOptions::reference())?;
     let (out, fused_median) = timed_runs(&fused, &x, cfg.runs)?;
     let (want, decomposed_median) = timed_runs(&reference, &x, cfg.runs)?;
 

@@ -26,16 +26,38 @@ pub trait Backend: Send + Sync {
     /// makes the compiler decompose it; for a primitive, `false` is an error
     /// until placement with fallback exists.
     fn supports(&self, node: &Node) -> bool;
+    /// Whether the backend evaluates fused regions (`Op::Fused`); if so the
+    /// compiler fuses elementwise chains for it.
+    fn supports_fusion(&self) -> bool {
+        false
+    }
     /// Runs `node` (whose output types are concrete) on `inputs`.
     fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Vec<Tensor>>;
 }
 
 /// Options for [`Executable::compile`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CompileOptions {
     /// Decompose every composite op into primitives, even those the backend
-    /// implements (a reference for checking fused kernels).
+    /// implements, and fuse nothing: the op-by-op reference for checking
+    /// fused kernels and regions.
     pub decompose_all: bool,
+    /// Fuse elementwise chains (with a trailing reduction) into regions, when
+    /// the backend supports them. On by default.
+    pub fuse: bool,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions { decompose_all: false, fuse: true }
+    }
+}
+
+impl CompileOptions {
+    /// The op-by-op reference: everything decomposed, nothing fused.
+    pub fn reference() -> Self {
+        CompileOptions { decompose_all: true, fuse: false }
+    }
 }
 
 /// Variables' values: the state one sequence carries across runs.
@@ -178,6 +200,12 @@ impl Executable {
             passes::fold_constants::fold_constants(&graph, &outputs, self.backend.as_ref(), Default::default())?;
         let (graph, outputs, _) = passes::cse::cse(&graph, &outputs)?;
         let (graph, outputs) = passes::dce::dce(&graph, &outputs)?;
+        let (graph, outputs) = if self.options.fuse && !self.options.decompose_all && self.backend.supports_fusion() {
+            let (g, o, _) = passes::fuse::fuse(&graph, &outputs)?;
+            (g, o)
+        } else {
+            (graph, outputs)
+        };
         let live = passes::prune::live_nodes(&graph, &outputs);
         let steps: Vec<usize> = (0..graph.nodes().len()).filter(|&i| live[i]).collect();
         let mut uses: Vec<Vec<u32>> = graph.nodes().iter().map(|n| vec![0; n.outputs.len()]).collect();

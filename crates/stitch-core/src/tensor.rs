@@ -102,7 +102,7 @@ impl Tensor {
 
     /// A contiguous tensor owning `data`.
     pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = checked_numel(shape)?;
         if n != data.len() {
             return Err(Error::invalid(format!(
                 "Tensor::from_vec: {} elements do not fill shape {:?} ({} elements)",
@@ -183,6 +183,10 @@ impl Tensor {
 
     /// True when the elements are laid out densely in row-major order (offset may be non-zero).
     pub fn is_contiguous(&self) -> bool {
+        // An empty tensor has no layout to violate (and contiguous_strides treats 0 as 1).
+        if self.numel() == 0 {
+            return true;
+        }
         let mut expect = 1isize;
         for i in (0..self.shape.len()).rev() {
             if self.shape[i] != 1 && self.strides[i] != expect {
@@ -196,6 +200,10 @@ impl Tensor {
     /// The elements as a slice, if contiguous.
     pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
         self.check_dtype::<T>()?;
+        if self.numel() == 0 {
+            // An empty view's offset need not lie inside the buffer (as_strided allows any).
+            return Ok(&[]);
+        }
         if !self.is_contiguous() {
             return Err(Error::invalid(
                 "as_slice on a non-contiguous view; call contiguous() first",
@@ -208,6 +216,9 @@ impl Tensor {
     /// buffer unshared (copy-on-write).
     pub fn make_contiguous_mut<T: Element>(&mut self) -> Result<&mut [T]> {
         self.check_dtype::<T>()?;
+        if self.numel() == 0 {
+            return Ok(&mut []);
+        }
         if !self.is_contiguous() || self.buffer.len() != self.numel() * self.dtype.size_in_bytes() {
             *self = self.contiguous_copy();
         }
@@ -276,7 +287,7 @@ impl Tensor {
 
     /// Reshape. A view when the layout allows (contiguous input), else a copy.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = checked_numel(shape)?;
         if n != self.numel() {
             return Err(Error::invalid(format!(
                 "cannot reshape {:?} ({} elements) to {:?} ({} elements)",
@@ -345,18 +356,25 @@ impl Tensor {
         let (start, len) = if step > 0 {
             let s = start.clamp(0, dim);
             let e = end.clamp(0, dim);
-            (s, if e > s { (e - s + step - 1) / step } else { 0 })
+            // (e - s - 1) / step + 1 is the ceiling of (e - s) / step without overflow.
+            (s, if e > s { (e - s - 1) / step + 1 } else { 0 })
         } else {
             let s = start.clamp(-1, dim - 1);
             let e = end.clamp(-1, dim - 1);
-            (s, if s > e { (s - e + (-step) - 1) / (-step) } else { 0 })
+            // unsigned_abs: -isize::MIN overflows.
+            (s, if s > e { ((s - e - 1) as usize / step.unsigned_abs() + 1) as isize } else { 0 })
         };
         let mut t = self.clone();
         t.shape[axis] = len as usize;
         if len > 0 {
             t.offset = (self.offset as isize + start * self.strides[axis]) as usize;
         }
-        t.strides[axis] = self.strides[axis] * step;
+        // A stride only matters when the axis has two or more elements.
+        if len > 1 {
+            t.strides[axis] = self.strides[axis].checked_mul(step).ok_or_else(|| {
+                Error::invalid(format!("slice step {step} overflows stride {} of axis {axis}", self.strides[axis]))
+            })?;
+        }
         Ok(t)
     }
 
@@ -368,6 +386,7 @@ impl Tensor {
                 self.shape, shape
             )));
         }
+        checked_numel(shape)?;
         let lead = shape.len() - self.rank();
         let mut strides = vec![0isize; shape.len()];
         for i in 0..self.rank() {
@@ -414,16 +433,14 @@ impl Tensor {
                 "as_strided: shape {shape:?} and strides {strides:?} differ in rank"
             )));
         }
-        let cap = (self.buffer.len() / self.dtype.size_in_bytes()) as isize;
-        if shape.iter().product::<usize>() > 0 {
-            let (mut lo, mut hi) = (offset as isize, offset as isize);
+        let cap = (self.buffer.len() / self.dtype.size_in_bytes()) as i128;
+        if checked_numel(shape)? > 0 {
+            // In i128, one axis's span (< 2^64 * 2^63) cannot overflow; the sums are checked.
+            let (mut lo, mut hi) = (offset as i128, offset as i128);
             for (&d, &s) in shape.iter().zip(strides) {
-                let span = (d as isize - 1) * s;
-                if span < 0 {
-                    lo += span;
-                } else {
-                    hi += span;
-                }
+                let span = (d as i128 - 1) * s as i128;
+                let sum = if span < 0 { &mut lo } else { &mut hi };
+                *sum = sum.checked_add(span).unwrap_or(if span < 0 { i128::MIN } else { i128::MAX });
             }
             if lo < 0 || hi >= cap {
                 return Err(Error::invalid(format!(
@@ -456,6 +473,14 @@ impl Tensor {
                 .sum::<isize>();
         Ok(crate::dispatch_dtype!(self.dtype, T => self.buffer.as_slice::<T>()[off as usize].to_f64()))
     }
+}
+
+/// The number of elements of `shape`, or an error if it overflows `usize`.
+fn checked_numel(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| Error::invalid(format!("shape {shape:?} has more elements than fit in memory")))
 }
 
 /// Iterator over the buffer offsets of a strided view, in row-major order.

@@ -48,6 +48,10 @@ impl Backend for CpuBackend {
         !node.op.is_composite() || kernels::has_fused(&node.op)
     }
 
+    fn supports_fusion(&self) -> bool {
+        true
+    }
+
     fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
         kernels::execute(&node.op, inputs, &node.outputs).map_err(|e| match e {
             Error::Invalid(m) => Error::node(node.name.clone(), node.op.kind(), m),

@@ -221,7 +221,7 @@ fn decomposition_leaves_no_composites_and_scopes_names() {
         &g,
         &[y],
         Arc::new(CpuBackend::new()),
-        CompileOptions { decompose_all: true },
+        CompileOptions::reference(),
     )
     .unwrap();
     let ty = [

@@ -18,6 +18,7 @@
 pub mod attention;
 pub mod conv;
 pub mod elementwise;
+pub mod fused;
 pub mod indexing;
 pub mod layout;
 pub mod linalg;
@@ -171,6 +172,10 @@ pub enum Op {
     /// Average pooling.
     AvgPool(PoolAttrs),
 
+    // ---- fusion ----
+    /// A fused region built by the compiler (see [`fused::Region`]).
+    Fused(std::sync::Arc<fused::Region>),
+
     // ---- attention (composite) ----
     /// Scaled dot-product attention. Inputs `[q, k, v, mask?]`.
     Sdpa(SdpaAttrs),
@@ -219,6 +224,7 @@ impl Op {
             Op::MaxPool(_) => "max_pool".into(),
             Op::AvgPool(_) => "avg_pool".into(),
             Op::Sdpa(_) => "sdpa".into(),
+            Op::Fused(_) => "fused".into(),
         }
     }
 
@@ -278,6 +284,7 @@ impl Op {
             | Op::Range { .. } => indexing::infer(self, inputs),
             Op::Conv(_) | Op::MaxPool(_) | Op::AvgPool(_) => conv::infer(self, inputs),
             Op::Sdpa(_) => attention::infer(self, inputs),
+            Op::Fused(r) => r.infer(inputs),
         }
     }
 

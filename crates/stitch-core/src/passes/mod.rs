@@ -9,6 +9,7 @@ pub mod cse;
 pub mod dce;
 pub mod decompose;
 pub mod fold_constants;
+pub mod fuse;
 pub mod prune;
 pub mod specialize;
 

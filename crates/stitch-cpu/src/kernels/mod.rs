@@ -7,6 +7,7 @@
 
 pub mod conv;
 pub mod elementwise;
+pub mod fused;
 pub mod indexing;
 pub mod layout;
 pub mod linalg;

@@ -67,7 +67,7 @@ pub fn run_op(op: Op, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
 
 /// Runs one op with every composite decomposed into primitives.
 pub fn run_op_decomposed(op: Op, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-    run_with(op, inputs, CompileOptions { decompose_all: true })
+    run_with(op, inputs, CompileOptions::reference())
 }
 
 /// (rtol, atol) that fit a dtype's precision.
