@@ -11,6 +11,7 @@ pub mod decompose;
 pub mod fold_constants;
 pub mod fuse;
 pub mod prune;
+pub mod rewrite;
 pub mod specialize;
 
 use crate::error::Result;

@@ -1,0 +1,1 @@
+//! Pattern rewrites (placeholder; being written).
