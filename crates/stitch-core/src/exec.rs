@@ -98,9 +98,34 @@ impl State {
     }
 }
 
+/// What compilation did to a graph, pass by pass.
+#[derive(Debug, Clone, Default)]
+pub struct CompileReport {
+    /// (pass name, nodes after it), starting with the source graph.
+    pub nodes_after: Vec<(&'static str, usize)>,
+    /// Composite nodes decomposed.
+    pub decomposed: usize,
+    /// Nodes replaced by constants.
+    pub folded: usize,
+    /// Duplicate nodes merged.
+    pub merged: usize,
+    /// Fusion results.
+    pub fusion: passes::fuse::FuseStats,
+    /// Peak of planned intermediate memory (bytes), with reuse.
+    pub peak_bytes: usize,
+    /// Intermediate memory without reuse (bytes).
+    pub total_bytes: usize,
+    /// Steps in the plan.
+    pub steps: usize,
+}
+
 /// A graph specialised for one set of input shapes, ready to execute.
 #[derive(Debug)]
 pub struct Plan {
+    /// What the passes did.
+    pub report: CompileReport,
+    /// Arena layout of the intermediates.
+    pub memory: passes::memory::MemoryPlan,
     /// The concrete, decomposed graph.
     pub graph: Graph,
     /// Its outputs.
@@ -190,18 +215,29 @@ impl Executable {
         {
             return Ok(p.clone());
         }
+        let mut report = CompileReport::default();
+        report.nodes_after.push(("source", self.graph.nodes().len()));
         let concrete = passes::specialize::specialize(&self.graph, input_types)?;
         let backend = self.backend.clone();
         let decompose_all = self.options.decompose_all;
         let keep = move |n: &Node| !decompose_all && backend.supports(n);
+        report.decomposed = concrete.nodes().iter().filter(|n| n.op.is_composite() && !keep(n)).count();
         let (graph, outputs) = passes::decompose::decompose(&concrete, &self.outputs, &keep)?;
+        report.nodes_after.push(("decompose", graph.nodes().len()));
         let (graph, outputs) = passes::dce::dce(&graph, &outputs)?;
-        let (graph, outputs, _) =
+        let (graph, outputs, folded) =
             passes::fold_constants::fold_constants(&graph, &outputs, self.backend.as_ref(), Default::default())?;
-        let (graph, outputs, _) = passes::cse::cse(&graph, &outputs)?;
+        report.folded = folded;
+        report.nodes_after.push(("fold_constants", graph.nodes().len()));
+        let (graph, outputs, merged) = passes::cse::cse(&graph, &outputs)?;
+        report.merged = merged;
+        report.nodes_after.push(("cse", graph.nodes().len()));
         let (graph, outputs) = passes::dce::dce(&graph, &outputs)?;
+        report.nodes_after.push(("dce", graph.nodes().len()));
         let (graph, outputs) = if self.options.fuse && !self.options.decompose_all && self.backend.supports_fusion() {
-            let (g, o, _) = passes::fuse::fuse(&graph, &outputs)?;
+            let (g, o, stats) = passes::fuse::fuse(&graph, &outputs)?;
+            report.fusion = stats;
+            report.nodes_after.push(("fuse", g.nodes().len()));
             (g, o)
         } else {
             (graph, outputs)
@@ -217,12 +253,14 @@ impl Executable {
         for v in &outputs {
             uses[v.node.0 as usize][v.output as usize] += 1;
         }
-        let plan = Arc::new(Plan {
-            graph,
-            outputs,
-            steps,
-            uses,
-        });
+        let memory = passes::memory::plan_memory(&graph, &steps, &outputs)?;
+        if cfg!(debug_assertions) {
+            passes::memory::check_no_alias(&memory)?;
+        }
+        report.peak_bytes = memory.peak;
+        report.total_bytes = memory.total;
+        report.steps = steps.len();
+        let plan = Arc::new(Plan { report, memory, graph, outputs, steps, uses });
         self.plans
             .lock()
             .map_err(|_| Error::invalid("plan cache poisoned"))?

@@ -47,7 +47,7 @@ pub use half;
 
 pub use dtype::{Bool8, DType, Element};
 pub use error::{Error, Result};
-pub use exec::{Backend, CompileOptions, Executable, Plan, State};
+pub use exec::{Backend, CompileOptions, CompileReport, Executable, Plan, State};
 pub use graph::{Graph, Node, NodeId, TensorType, Value, VarId, Variable};
 pub use ops::Op;
 pub use shape::{Dim, Shape};

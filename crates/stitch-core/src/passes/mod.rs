@@ -10,6 +10,7 @@ pub mod dce;
 pub mod decompose;
 pub mod fold_constants;
 pub mod fuse;
+pub mod memory;
 pub mod prune;
 pub mod rewrite;
 pub mod specialize;
