@@ -72,8 +72,10 @@ pub struct DemoReport {
     pub fused_median: Duration,
     /// Median run time decomposed.
     pub decomposed_median: Duration,
-    /// Multiply-adds of the block (for GFLOP/s).
+    /// Floating-point operations of the block (for GFLOP/s).
     pub flops: f64,
+    /// What the compiler did to the block (the fused executable's plan).
+    pub compile: stitch_core::CompileReport,
 }
 
 fn random(rng: &mut ChaCha8Rng, shape: &[usize], scale: f64) -> Result<Tensor> {
@@ -222,7 +224,8 @@ pub fn run_demo(cfg: &DemoConfig, backend: Arc<dyn Backend>) -> Result<DemoRepor
     let (want, decomposed_median) = timed_runs(&reference, &x, cfg.runs)?;
 
     let types = [stitch_core::passes::specialize::type_of(&x)];
-    let steps_fused = fused.plan_for(&types)?.steps.len();
+    let fused_plan = fused.plan_for(&types)?;
+    let steps_fused = fused_plan.steps.len();
     let steps_decomposed = reference.plan_for(&types)?.steps.len();
 
     let a = out.to_f64_vec();
@@ -257,5 +260,36 @@ pub fn run_demo(cfg: &DemoConfig, backend: Arc<dyn Backend>) -> Result<DemoRepor
         fused_median,
         decomposed_median,
         flops: proj + attn + mlp,
+        compile: fused_plan.report.clone(),
     })
+}
+
+/// Human-readable compile report: the passes' effects on node counts, fusion and memory.
+pub fn format_compile_report(r: &stitch_core::CompileReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "compile report:");
+    for (pass, nodes) in &r.nodes_after {
+        let _ = writeln!(s, "  {pass:<15} {nodes:>6} nodes");
+    }
+    let _ = writeln!(
+        s,
+        "  decomposed {} composite nodes, folded {} into constants, merged {} duplicates",
+        r.decomposed, r.folded, r.merged
+    );
+    let _ = writeln!(
+        s,
+        "  fusion: {} regions from {} nodes, {:.2} MiB of intermediates never written",
+        r.fusion.regions,
+        r.fusion.nodes_fused,
+        r.fusion.bytes_avoided as f64 / (1 << 20) as f64
+    );
+    let _ = writeln!(
+        s,
+        "  memory: {} steps, peak planned {:.2} MiB (without reuse {:.2} MiB)",
+        r.steps,
+        r.peak_bytes as f64 / (1 << 20) as f64,
+        r.total_bytes as f64 / (1 << 20) as f64
+    );
+    s
 }

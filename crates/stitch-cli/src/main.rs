@@ -65,6 +65,10 @@ enum Command {
         /// Largest accepted relative difference between fused and decomposed output.
         #[arg(long, default_value_t = 1e-4)]
         tolerance: f64,
+        /// Also print the compile report: nodes after each pass, fused regions,
+        /// intermediate bytes avoided, peak planned memory.
+        #[arg(long)]
+        report: bool,
     },
     /// Print op coverage per backend (docs/OPS.md is this output with --markdown).
     Ops {
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
             runs,
             threads,
             tolerance,
+            report,
         } => set_threads(threads).and_then(|_| {
             let cfg = demo::DemoConfig {
                 batch,
@@ -122,7 +127,7 @@ fn main() -> ExitCode {
                 seed,
                 runs: runs.max(1),
             };
-            run_demo(&cfg, tolerance)
+            run_demo(&cfg, tolerance, report)
         }),
         Command::Ops { markdown } => {
             let cpu = CpuBackend::new();
@@ -148,7 +153,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_demo(cfg: &demo::DemoConfig, tolerance: f64) -> Result<(), String> {
+fn run_demo(cfg: &demo::DemoConfig, tolerance: f64, report: bool) -> Result<(), String> {
     println!(
         "stitch demo: transformer block, batch {} × seq {} × dim {}, {} heads ({} kv heads), MLP {}, seed {}, {} CPU threads",
         cfg.batch,
@@ -178,6 +183,9 @@ fn run_demo(cfg: &demo::DemoConfig, tolerance: f64) -> Result<(), String> {
         r.decomposed_median.as_secs_f64() * 1e3,
         gflops(r.decomposed_median)
     );
+    if report {
+        print!("{}", demo::format_compile_report(&r.compile));
+    }
     if r.max_rel_diff.is_nan() || r.max_rel_diff > tolerance {
         return Err(format!(
             "fused and decomposed outputs differ: max relative difference {:.3e} > tolerance {tolerance:.1e}",
