@@ -40,6 +40,19 @@ fn index_dtype(t: &TensorType) -> Result<(), String> {
     Ok(())
 }
 
+/// gather_elements / scatter_elements: indices may not exceed data on any axis but `axis`.
+fn check_index_extent(idx: &TensorType, data: &TensorType, axis_attr: i64) -> Result<(), String> {
+    let ax = axis(axis_attr, data)?;
+    for (i, (a, b)) in idx.shape.0.iter().zip(&data.shape.0).enumerate() {
+        if let (Some(a), Some(b)) = (a.known(), b.known()) {
+            if i != ax && a > b {
+                return Err(format!("indices {idx} exceed data {data} along axis {i}"));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
     match op {
         Op::Gather { axis: a } => {
@@ -60,6 +73,7 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
             if idx.shape.rank() != data.shape.rank() {
                 return Err(format!("indices {idx} must have the rank of data {data}"));
             }
+            check_index_extent(idx, data, *a)?;
             Ok(vec![TensorType::new(data.dtype, idx.shape.clone())])
         }
         Op::ScatterElements { axis: a, .. } => {
@@ -72,6 +86,7 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
                     "scatter needs indices of data's rank and updates of indices' shape and data's dtype: data {data}, indices {idx}, updates {upd}"
                 ));
             }
+            check_index_extent(idx, data, *a)?;
             Ok(vec![data.clone()])
         }
         Op::OneHot {

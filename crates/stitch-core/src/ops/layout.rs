@@ -29,15 +29,16 @@ pub fn slice_range(dim: usize, start: i64, end: i64, step: i64) -> (i64, usize) 
     let d = dim as i64;
     let fix = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
     let (s, e) = (fix(start), fix(end));
+    // Counts are written as (span - 1) / step + 1 so that extreme steps cannot overflow.
     if step > 0 {
         let s = s.clamp(0, d);
         let e = e.clamp(0, d);
-        (s, if e > s { ((e - s + step - 1) / step) as usize } else { 0 })
+        (s, if e > s { ((e - s - 1) / step + 1) as usize } else { 0 })
     } else {
         let s = s.clamp(-1, d - 1);
         let e = e.clamp(-1, d - 1);
-        let st = -step;
-        (s, if s > e { ((s - e + st - 1) / st) as usize } else { 0 })
+        let st = step.checked_neg().unwrap_or(i64::MAX);
+        (s, if s > e { ((s - e - 1) / st + 1) as usize } else { 0 })
     }
 }
 

@@ -1,16 +1,344 @@
 //! Fused normalisation kernels: softmax / log-softmax, layer norm, RMS norm.
+//!
+//! Each reads its row once to find the statistics and once more to write, in
+//! parallel over rows. Element math runs in f32 for f16/bf16/f32 and f64 for
+//! f64; the sums (softmax denominator, mean, variance, mean square) are
+//! accumulated in f64, which keeps long rows accurate for little cost next to
+//! `exp` and the memory traffic. A fully `-inf` softmax row gives NaN, as the
+//! decomposition does (see `stitch_core::ops::normalization`).
 
-use stitch_core::{Result, Tensor};
+use std::ops::{Add, Mul, Sub};
+
+use stitch_core::half::{bf16, f16};
+use stitch_core::shape::normalize_axis;
+use stitch_core::{DType, Element, Error, Result, Tensor};
+
+use super::layout::{contiguous, contiguous_slice, new_tensor, par_rows};
+use super::PAR_CHUNK;
+
+/// The arithmetic type elements are computed in (f32 or f64).
+trait Acc: Copy + Send + Sync + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> {
+    const NEG_INF: Self;
+    fn exp(self) -> Self;
+    fn max(self, other: Self) -> Self;
+    fn of(v: f64) -> Self;
+    fn wide(self) -> f64;
+}
+
+impl Acc for f32 {
+    const NEG_INF: Self = f32::NEG_INFINITY;
+    #[inline]
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
+    #[inline]
+    fn max(self, other: Self) -> Self {
+        f32::max(self, other)
+    }
+    #[inline]
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    #[inline]
+    fn wide(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Acc for f64 {
+    const NEG_INF: Self = f64::NEG_INFINITY;
+    #[inline]
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    #[inline]
+    fn max(self, other: Self) -> Self {
+        f64::max(self, other)
+    }
+    #[inline]
+    fn of(v: f64) -> Self {
+        v
+    }
+    #[inline]
+    fn wide(self) -> f64 {
+        self
+    }
+}
+
+/// A float element type and the type it computes in.
+trait NormElem: Element + Copy {
+    type A: Acc;
+    fn to_acc(self) -> Self::A;
+    fn from_acc(a: Self::A) -> Self;
+}
+
+macro_rules! norm_elem {
+    ($($t:ty => $a:ty, $to:expr, $from:expr);*) => {$(
+        impl NormElem for $t {
+            type A = $a;
+            #[inline]
+            fn to_acc(self) -> $a { $to(self) }
+            #[inline]
+            fn from_acc(a: $a) -> Self { $from(a) }
+        }
+    )*};
+}
+norm_elem!(
+    f32 => f32, |v| v, |v| v;
+    f64 => f64, |v| v, |v| v;
+    f16 => f32, f16::to_f32, f16::from_f32;
+    bf16 => f32, bf16::to_f32, bf16::from_f32
+);
+
+/// Calls `$f::<T>` with `T` the Rust type of the float dtype `$dtype`.
+macro_rules! dispatch_float {
+    ($dtype:expr, $what:expr, $f:ident($($arg:expr),*)) => {
+        match $dtype {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::F64 => $f::<f64>($($arg),*),
+            DType::F16 => $f::<f16>($($arg),*),
+            DType::BF16 => $f::<bf16>($($arg),*),
+            other => Err(Error::invalid(format!("{} needs a floating-point input, got {other}", $what))),
+        }
+    };
+}
 
 /// Softmax (or log-softmax) along `axis`, one pass per row.
 pub fn softmax(x: &Tensor, axis: i64, log: bool) -> Result<Tensor> {
-    todo!("{x:?} {axis} {log}")
+    let ax = normalize_axis(axis, x.rank()).ok_or_else(|| {
+        Error::invalid(format!(
+            "softmax axis {axis} out of range for input shape {:?}",
+            x.shape()
+        ))
+    })?;
+    let what = if log { "log_softmax" } else { "softmax" };
+    dispatch_float!(x.dtype(), what, softmax_t(x, ax, log))
 }
+
+/// Softmax of one contiguous row; `scratch` holds `x - max` (log) or its exp.
+fn softmax_row<T: NormElem>(x: &[T], y: &mut [T], scratch: &mut [T::A], log: bool) {
+    let m = x.iter().fold(T::A::NEG_INF, |m, &v| m.max(v.to_acc()));
+    let mut sum = 0f64;
+    for (s, &v) in scratch.iter_mut().zip(x) {
+        let d = v.to_acc() - m;
+        let e = d.exp();
+        sum += e.wide();
+        *s = if log { d } else { e };
+    }
+    if log {
+        let l = T::A::of(sum.ln());
+        for (o, &d) in y.iter_mut().zip(scratch.iter()) {
+            *o = T::from_acc(d - l);
+        }
+    } else {
+        let inv = T::A::of(1.0 / sum);
+        for (o, &e) in y.iter_mut().zip(scratch.iter()) {
+            *o = T::from_acc(e * inv);
+        }
+    }
+}
+
+/// Softmax of a contiguous `[n, inner]` block along its first axis, with
+/// column vectors of statistics so every inner loop is unit-stride.
+fn softmax_block<T: NormElem>(
+    x: &[T],
+    y: &mut [T],
+    n: usize,
+    m: &mut [T::A],
+    s: &mut [f64],
+    log: bool,
+) {
+    let inner = m.len();
+    m.fill(T::A::NEG_INF);
+    s.fill(0.0);
+    for xr in x.chunks_exact(inner) {
+        for (mi, &v) in m.iter_mut().zip(xr) {
+            *mi = mi.max(v.to_acc());
+        }
+    }
+    for xr in x.chunks_exact(inner) {
+        for ((si, &mi), &v) in s.iter_mut().zip(m.iter()).zip(xr) {
+            *si += (v.to_acc() - mi).exp().wide();
+        }
+    }
+    // Turn the sums into what the write pass needs: log(sum) or 1/sum.
+    for si in s.iter_mut() {
+        *si = if log { si.ln() } else { 1.0 / *si };
+    }
+    for (xr, yr) in x.chunks_exact(inner).zip(y.chunks_exact_mut(inner)).take(n) {
+        for (((o, &v), &mi), &si) in yr.iter_mut().zip(xr).zip(m.iter()).zip(s.iter()) {
+            let d = v.to_acc() - mi;
+            *o = T::from_acc(if log {
+                d - T::A::of(si)
+            } else {
+                d.exp() * T::A::of(si)
+            });
+        }
+    }
+}
+
+fn softmax_t<T: NormElem>(x: &Tensor, ax: usize, log: bool) -> Result<Tensor> {
+    let shape = x.shape().to_vec();
+    let rank = shape.len();
+    let n = shape[ax];
+    let inner: usize = shape[ax + 1..].iter().product();
+    let outer: usize = shape[..ax].iter().product();
+    if inner > 1 && outer < rayon::current_num_threads() && x.numel() > PAR_CHUNK {
+        // Too few blocks to spread over threads: move the axis last (one
+        // parallel copy each way) and run the row kernel instead.
+        let perm: Vec<usize> = (0..rank).filter(|&i| i != ax).chain([ax]).collect();
+        let mut inv = vec![0; rank];
+        for (i, &p) in perm.iter().enumerate() {
+            inv[p] = i;
+        }
+        let xt = contiguous(&x.permute(&perm)?);
+        let yt = softmax_t::<T>(&xt, rank - 1, log)?;
+        return Ok(contiguous(&yt.permute(&inv)?));
+    }
+    let x = contiguous(x);
+    let src = contiguous_slice::<T>(&x);
+    Ok(new_tensor::<T>(x.dtype(), &shape, |dst| {
+        if inner == 1 {
+            par_rows(dst, n, |first, chunk| {
+                let mut scratch = vec![T::A::NEG_INF; n];
+                for (r, row) in chunk.chunks_mut(n).enumerate() {
+                    softmax_row(&src[(first + r) * n..][..n], row, &mut scratch, log);
+                }
+            })
+        } else {
+            let block = n * inner;
+            par_rows(dst, block, |first, chunk| {
+                let mut m = vec![T::A::NEG_INF; inner];
+                let mut s = vec![0f64; inner];
+                for (b, blk) in chunk.chunks_mut(block).enumerate() {
+                    softmax_block(
+                        &src[(first + b) * block..][..block],
+                        blk,
+                        n,
+                        &mut m,
+                        &mut s,
+                        log,
+                    );
+                }
+            })
+        }
+    }))
+}
+
+/// `p` broadcast to the normalised trailing shape, contiguous, in the compute type.
+fn param<T: NormElem>(
+    p: &Tensor,
+    norm_shape: &[usize],
+    what: &str,
+    x: &Tensor,
+) -> Result<Vec<T::A>> {
+    if p.dtype() != x.dtype() || p.rank() > norm_shape.len() {
+        return Err(Error::invalid(format!(
+            "{what} {} {:?} does not fit the normalised axes {norm_shape:?} of {} input {:?}",
+            p.dtype(),
+            p.shape(),
+            x.dtype(),
+            x.shape()
+        )));
+    }
+    let b = contiguous(&p.broadcast_to(norm_shape)?);
+    Ok(contiguous_slice::<T>(&b)
+        .iter()
+        .map(|&v| v.to_acc())
+        .collect())
+}
+
 /// Layer norm over axes `axis..rank`.
-pub fn layer_norm(x: &Tensor, scale: &Tensor, bias: Option<&Tensor>, axis: i64, epsilon: f64) -> Result<Tensor> {
-    todo!("{x:?} {scale:?} {bias:?} {axis} {epsilon}")
+pub fn layer_norm(
+    x: &Tensor,
+    scale: &Tensor,
+    bias: Option<&Tensor>,
+    axis: i64,
+    epsilon: f64,
+) -> Result<Tensor> {
+    dispatch_float!(
+        x.dtype(),
+        "layer_norm",
+        norm_t(x, scale, bias, axis, epsilon, false)
+    )
 }
+
 /// RMS norm over axes `axis..rank`.
 pub fn rms_norm(x: &Tensor, scale: &Tensor, axis: i64, epsilon: f64) -> Result<Tensor> {
-    todo!("{x:?} {scale:?} {axis} {epsilon}")
+    dispatch_float!(
+        x.dtype(),
+        "rms_norm",
+        norm_t(x, scale, None, axis, epsilon, true)
+    )
+}
+
+/// Layer norm (`rms = false`: `(x - mean) / sqrt(var + eps) * scale + bias`) or
+/// RMS norm (`x / sqrt(mean(x²) + eps) * scale`) over rows of the trailing axes.
+fn norm_t<T: NormElem>(
+    x: &Tensor,
+    scale: &Tensor,
+    bias: Option<&Tensor>,
+    axis: i64,
+    eps: f64,
+    rms: bool,
+) -> Result<Tensor> {
+    let shape = x.shape().to_vec();
+    let ax = normalize_axis(axis, shape.len()).ok_or_else(|| {
+        Error::invalid(format!(
+            "normalisation axis {axis} out of range for input shape {shape:?}"
+        ))
+    })?;
+    let norm_shape = &shape[ax..];
+    let n: usize = norm_shape.iter().product();
+    let sc = param::<T>(scale, norm_shape, "scale", x)?;
+    let bi = bias
+        .map(|b| param::<T>(b, norm_shape, "bias", x))
+        .transpose()?;
+    let x = contiguous(x);
+    let src = contiguous_slice::<T>(&x);
+    let inv_n = 1.0 / n as f64;
+    Ok(new_tensor::<T>(x.dtype(), &shape, |dst| {
+        par_rows(dst, n, |first, chunk| {
+            for (r, row) in chunk.chunks_mut(n).enumerate() {
+                let xr = &src[(first + r) * n..][..n];
+                if rms {
+                    let ms = xr
+                        .iter()
+                        .map(|&v| v.to_acc().wide())
+                        .map(|v| v * v)
+                        .sum::<f64>()
+                        * inv_n;
+                    let inv = T::A::of(1.0 / (ms + eps).sqrt());
+                    for ((o, &v), &s) in row.iter_mut().zip(xr).zip(&sc) {
+                        *o = T::from_acc(v.to_acc() * inv * s);
+                    }
+                } else {
+                    // Two passes (mean, then squared deviations) in f64: no
+                    // cancellation even when |mean| >> std.
+                    let mean = xr.iter().map(|&v| v.to_acc().wide()).sum::<f64>() * inv_n;
+                    let var = xr
+                        .iter()
+                        .map(|&v| v.to_acc().wide() - mean)
+                        .map(|d| d * d)
+                        .sum::<f64>()
+                        * inv_n;
+                    let inv = T::A::of(1.0 / (var + eps).sqrt());
+                    // Centre in f64 too, then scale in the compute type.
+                    let centred = |v: T| T::A::of(v.to_acc().wide() - mean);
+                    match &bi {
+                        Some(bi) => {
+                            for (((o, &v), &s), &b) in row.iter_mut().zip(xr).zip(&sc).zip(bi) {
+                                *o = T::from_acc(centred(v) * inv * s + b);
+                            }
+                        }
+                        None => {
+                            for ((o, &v), &s) in row.iter_mut().zip(xr).zip(&sc) {
+                                *o = T::from_acc(centred(v) * inv * s);
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }))
 }
