@@ -274,8 +274,8 @@ pub fn format_compile_report(r: &stitch_core::CompileReport) -> String {
     }
     let _ = writeln!(
         s,
-        "  decomposed {} composite nodes, folded {} into constants, merged {} duplicates",
-        r.decomposed, r.folded, r.merged
+        "  rewrote {} patterns, decomposed {} composite nodes, folded {} into constants, merged {} duplicates",
+        r.rewritten, r.decomposed, r.folded, r.merged
     );
     let _ = writeln!(
         s,

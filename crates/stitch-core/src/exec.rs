@@ -49,14 +49,20 @@ pub struct CompileOptions {
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { decompose_all: false, fuse: true }
+        CompileOptions {
+            decompose_all: false,
+            fuse: true,
+        }
     }
 }
 
 impl CompileOptions {
     /// The op-by-op reference: everything decomposed, nothing fused.
     pub fn reference() -> Self {
-        CompileOptions { decompose_all: true, fuse: false }
+        CompileOptions {
+            decompose_all: true,
+            fuse: false,
+        }
     }
 }
 
@@ -103,6 +109,8 @@ impl State {
 pub struct CompileReport {
     /// (pass name, nodes after it), starting with the source graph.
     pub nodes_after: Vec<(&'static str, usize)>,
+    /// Pattern rewrites applied (e.g. attention subgraph → sdpa).
+    pub rewritten: usize,
     /// Composite nodes decomposed.
     pub decomposed: usize,
     /// Nodes replaced by constants.
@@ -218,11 +226,19 @@ impl Executable {
         let mut report = CompileReport::default();
         report.nodes_after.push(("source", self.graph.nodes().len()));
         let concrete = passes::specialize::specialize(&self.graph, input_types)?;
+        // Recognise attention written out op by op, so backends can run it fused.
+        let (concrete, outputs, rewritten) =
+            passes::rewrite::rewrite(&concrete, &self.outputs, &[&passes::rewrite::attention_to_sdpa()])?;
+        report.rewritten = rewritten;
         let backend = self.backend.clone();
         let decompose_all = self.options.decompose_all;
         let keep = move |n: &Node| !decompose_all && backend.supports(n);
-        report.decomposed = concrete.nodes().iter().filter(|n| n.op.is_composite() && !keep(n)).count();
-        let (graph, outputs) = passes::decompose::decompose(&concrete, &self.outputs, &keep)?;
+        report.decomposed = concrete
+            .nodes()
+            .iter()
+            .filter(|n| n.op.is_composite() && !keep(n))
+            .count();
+        let (graph, outputs) = passes::decompose::decompose(&concrete, &outputs, &keep)?;
         report.nodes_after.push(("decompose", graph.nodes().len()));
         let (graph, outputs) = passes::dce::dce(&graph, &outputs)?;
         let (graph, outputs, folded) =
@@ -260,7 +276,14 @@ impl Executable {
         report.peak_bytes = memory.peak;
         report.total_bytes = memory.total;
         report.steps = steps.len();
-        let plan = Arc::new(Plan { report, memory, graph, outputs, steps, uses });
+        let plan = Arc::new(Plan {
+            report,
+            memory,
+            graph,
+            outputs,
+            steps,
+            uses,
+        });
         self.plans
             .lock()
             .map_err(|_| Error::invalid("plan cache poisoned"))?

@@ -228,9 +228,7 @@ pub fn save_npy(path: &Path, t: &Tensor) -> Result<()> {
 /// # Ok::<(), stitch_core::Error>(())
 /// ```
 pub fn read_npz(bytes: &[u8], what: &str) -> Result<Vec<(String, Tensor)>> {
-    let zip_err = |e: zip::result::ZipError| {
-        Error::format(what, 0, format!("not a readable zip archive: {e}"))
-    };
+    let zip_err = |e: zip::result::ZipError| Error::format(what, 0, format!("not a readable zip archive: {e}"));
     let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(zip_err)?;
     let mut out = Vec::with_capacity(archive.len());
     for i in 0..archive.len() {
@@ -254,13 +252,7 @@ pub fn read_npz(bytes: &[u8], what: &str) -> Result<Vec<(String, Tensor)>> {
         (&mut entry)
             .take(declared.saturating_add(1))
             .read_to_end(&mut data)
-            .map_err(|e| {
-                Error::format(
-                    what,
-                    offset,
-                    format!("cannot decompress entry `{name}`: {e}"),
-                )
-            })?;
+            .map_err(|e| Error::format(what, offset, format!("cannot decompress entry `{name}`: {e}")))?;
         if data.len() as u64 != declared {
             return Err(Error::format(
                 what,
@@ -290,13 +282,11 @@ pub fn write_npz(tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
     let zip_err = |e: zip::result::ZipError| Error::invalid(format!("write_npz: {e}"));
     let mut zw = zip::ZipWriter::new(Cursor::new(Vec::new()));
     for (name, t) in tensors {
-        let data =
-            write_npy(t).map_err(|e| Error::invalid(format!("write_npz: array `{name}`: {e}")))?;
+        let data = write_npy(t).map_err(|e| Error::invalid(format!("write_npz: array `{name}`: {e}")))?;
         let options = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored)
             .large_file(data.len() as u64 >= u32::MAX as u64);
-        zw.start_file(format!("{name}.npy"), options)
-            .map_err(zip_err)?;
+        zw.start_file(format!("{name}.npy"), options).map_err(zip_err)?;
         zw.write_all(&data)
             .map_err(|e| Error::invalid(format!("write_npz: {e}")))?;
     }
@@ -403,11 +393,7 @@ fn header_dict(descr: &str, shape: &[usize]) -> String {
         [d] => format!("({d},)"),
         _ => format!(
             "({})",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
         ),
     };
     format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}, }}")
@@ -438,10 +424,7 @@ fn parse_header(bytes: &[u8], what: &str) -> Result<Header> {
         ));
     }
     if bytes.len() < 8 {
-        return Err(fmt_err(
-            bytes.len(),
-            "file ends inside the format version".into(),
-        ));
+        return Err(fmt_err(bytes.len(), "file ends inside the format version".into()));
     }
     let (major, minor) = (bytes[6], bytes[7]);
     let len_size = match (major, minor) {
@@ -450,25 +433,19 @@ fn parse_header(bytes: &[u8], what: &str) -> Result<Header> {
         _ => {
             return Err(fmt_err(
                 6,
-                format!(
-                    "unsupported .npy format version {major}.{minor} (supported: 1.0, 2.0, 3.0)"
-                ),
+                format!("unsupported .npy format version {major}.{minor} (supported: 1.0, 2.0, 3.0)"),
             ))
         }
     };
     let len_end = 8 + len_size;
     if bytes.len() < len_end {
-        return Err(fmt_err(
-            bytes.len(),
-            "file ends inside the header length".into(),
-        ));
+        return Err(fmt_err(bytes.len(), "file ends inside the header length".into()));
     }
     let header_len = if len_size == 2 {
         u16::from_le_bytes([bytes[8], bytes[9]]) as usize
     } else {
         let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        usize::try_from(len)
-            .map_err(|_| fmt_err(8, format!("header length {len} does not fit in memory")))?
+        usize::try_from(len).map_err(|_| fmt_err(8, format!("header length {len} does not fit in memory")))?
     };
     let data_start = len_end
         .checked_add(header_len)
@@ -502,17 +479,12 @@ fn parse_header(bytes: &[u8], what: &str) -> Result<Header> {
             _ => {
                 return Err(fmt_err(
                     at,
-                    format!(
-                    "unexpected key '{key}' in header (expected 'descr', 'fortran_order', 'shape')"
-                ),
+                    format!("unexpected key '{key}' in header (expected 'descr', 'fortran_order', 'shape')"),
                 ))
             }
         };
         if slot_taken {
-            return Err(fmt_err(
-                at,
-                format!("key '{key}' appears twice in the header"),
-            ));
+            return Err(fmt_err(at, format!("key '{key}' appears twice in the header")));
         }
     }
     let missing = |k: &str| fmt_err(len_end, format!("header has no '{k}' key"));
@@ -523,10 +495,7 @@ fn parse_header(bytes: &[u8], what: &str) -> Result<Header> {
     let (dtype, swap_bytes) = match descr {
         Value::Str(s) => parse_descr(&s).map_err(|m| fmt_err(descr_at, m))?,
         Value::List(_) => {
-            return Err(fmt_err(
-                descr_at,
-                "structured (record) dtypes are not supported".into(),
-            ));
+            return Err(fmt_err(descr_at, "structured (record) dtypes are not supported".into()));
         }
         other => {
             return Err(fmt_err(
@@ -540,10 +509,7 @@ fn parse_header(bytes: &[u8], what: &str) -> Result<Header> {
         other => {
             return Err(fmt_err(
                 fortran_at,
-                format!(
-                    "'fortran_order' must be True or False, found {}",
-                    other.kind()
-                ),
+                format!("'fortran_order' must be True or False, found {}", other.kind()),
             ))
         }
     };
@@ -554,12 +520,7 @@ fn parse_header(bytes: &[u8], what: &str) -> Result<Header> {
                 Value::Int(d) => usize::try_from(d)
                     .ok()
                     .filter(|&d| d <= isize::MAX as usize)
-                    .ok_or_else(|| {
-                        fmt_err(
-                            shape_at,
-                            format!("dimension {d} in 'shape' is negative or too large"),
-                        )
-                    }),
+                    .ok_or_else(|| fmt_err(shape_at, format!("dimension {d} in 'shape' is negative or too large"))),
                 other => Err(fmt_err(
                     shape_at,
                     format!("'shape' must hold integers, found {}", other.kind()),
@@ -588,8 +549,7 @@ fn parse_header(bytes: &[u8], what: &str) -> Result<Header> {
     shape
         .iter()
         .try_fold(1usize, |acc, &d| {
-            acc.checked_mul(d.max(1))
-                .filter(|&n| n <= isize::MAX as usize)
+            acc.checked_mul(d.max(1)).filter(|&n| n <= isize::MAX as usize)
         })
         .ok_or_else(too_large)?;
 
@@ -660,11 +620,7 @@ impl Parser<'_> {
             self.pos += 1;
             Ok(())
         } else {
-            Err(self.err(format!(
-                "expected '{}', found {}",
-                c as char,
-                self.describe_here()
-            )))
+            Err(self.err(format!("expected '{}', found {}", c as char, self.describe_here())))
         }
     }
 
@@ -691,9 +647,7 @@ impl Parser<'_> {
                 Value::Str(s) => s,
                 other => {
                     self.pos = key_at;
-                    return Err(
-                        self.err(format!("dict keys must be strings, found {}", other.kind()))
-                    );
+                    return Err(self.err(format!("dict keys must be strings, found {}", other.kind())));
                 }
             };
             self.expect(b':')?;
@@ -708,20 +662,12 @@ impl Parser<'_> {
                     self.pos += 1;
                     break;
                 }
-                _ => {
-                    return Err(self.err(format!(
-                        "expected ',' or '}}', found {}",
-                        self.describe_here()
-                    )))
-                }
+                _ => return Err(self.err(format!("expected ',' or '}}', found {}", self.describe_here()))),
             }
         }
         self.skip_ws();
         if self.pos != self.s.len() {
-            return Err(self.err(format!(
-                "unexpected {} after the header dict",
-                self.describe_here()
-            )));
+            return Err(self.err(format!("unexpected {} after the header dict", self.describe_here())));
         }
         Ok(entries)
     }
@@ -852,10 +798,7 @@ impl Parser<'_> {
         let digits_start = self.pos;
         let mut v: i128 = 0;
         while let Some(c @ b'0'..=b'9') = self.peek() {
-            v = match v
-                .checked_mul(10)
-                .and_then(|v| v.checked_add((c - b'0') as i128))
-            {
+            v = match v.checked_mul(10).and_then(|v| v.checked_add((c - b'0') as i128)) {
                 Some(v) => v,
                 None => {
                     self.pos = start;

@@ -362,7 +362,14 @@ impl Tensor {
             let s = start.clamp(-1, dim - 1);
             let e = end.clamp(-1, dim - 1);
             // unsigned_abs: -isize::MIN overflows.
-            (s, if s > e { ((s - e - 1) as usize / step.unsigned_abs() + 1) as isize } else { 0 })
+            (
+                s,
+                if s > e {
+                    ((s - e - 1) as usize / step.unsigned_abs() + 1) as isize
+                } else {
+                    0
+                },
+            )
         };
         let mut t = self.clone();
         t.shape[axis] = len as usize;
@@ -372,7 +379,10 @@ impl Tensor {
         // A stride only matters when the axis has two or more elements.
         if len > 1 {
             t.strides[axis] = self.strides[axis].checked_mul(step).ok_or_else(|| {
-                Error::invalid(format!("slice step {step} overflows stride {} of axis {axis}", self.strides[axis]))
+                Error::invalid(format!(
+                    "slice step {step} overflows stride {} of axis {axis}",
+                    self.strides[axis]
+                ))
             })?;
         }
         Ok(t)
@@ -440,7 +450,9 @@ impl Tensor {
             for (&d, &s) in shape.iter().zip(strides) {
                 let span = (d as i128 - 1) * s as i128;
                 let sum = if span < 0 { &mut lo } else { &mut hi };
-                *sum = sum.checked_add(span).unwrap_or(if span < 0 { i128::MIN } else { i128::MAX });
+                *sum = sum
+                    .checked_add(span)
+                    .unwrap_or(if span < 0 { i128::MIN } else { i128::MAX });
             }
             if lo < 0 || hi >= cap {
                 return Err(Error::invalid(format!(

@@ -8,9 +8,7 @@ use std::path::PathBuf;
 
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use stitch_core::npy::{
-    load_npy, load_npz, read_npy, read_npz, save_npy, save_npz, write_npy, write_npz,
-};
+use stitch_core::npy::{load_npy, load_npz, read_npy, read_npz, save_npy, save_npz, write_npy, write_npz};
 use stitch_core::{Bool8, Buffer, DType, Error, Tensor};
 
 fn rng(seed: u64) -> ChaCha8Rng {
@@ -60,11 +58,7 @@ fn shape_literal(shape: &[usize]) -> String {
         [d] => format!("({d},)"),
         _ => format!(
             "({})",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
         ),
     }
 }
@@ -118,9 +112,7 @@ fn swap_elements(bytes: &[u8], es: usize) -> Vec<u8> {
 
 fn assert_format_error(result: stitch_core::Result<Tensor>, needle: &str) -> (u64, String) {
     match result {
-        Err(Error::Format {
-            offset, message, ..
-        }) => {
+        Err(Error::Format { offset, message, .. }) => {
             assert!(
                 message.contains(needle),
                 "message `{message}` does not mention `{needle}`"
@@ -166,10 +158,7 @@ fn every_dtype_round_trips_bit_exactly_for_scalar_empty_and_nd_shapes() {
             let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
             assert_eq!(&bytes[6..8], &[1, 0]);
             assert_eq!((10 + header_len) % 64, 0);
-            assert_eq!(
-                bytes.len(),
-                10 + header_len + t.numel() * dtype.size_in_bytes()
-            );
+            assert_eq!(bytes.len(), 10 + header_len + t.numel() * dtype.size_in_bytes());
             let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
             assert!(header.ends_with('\n'));
             let order = if dtype.size_in_bytes() == 1 { '|' } else { '<' };
@@ -209,10 +198,7 @@ fn non_contiguous_views_are_written_in_logical_order() {
         t.permute(&[2, 0, 1]).unwrap(),
         t.slice(1, 4, -1, -2).unwrap(),
         t.slice(0, 1, 4, 2).unwrap().transpose(1, 2).unwrap(),
-        t.slice(2, 1, 2, 1)
-            .unwrap()
-            .broadcast_to(&[2, 4, 5, 3])
-            .unwrap(),
+        t.slice(2, 1, 2, 1).unwrap().broadcast_to(&[2, 4, 5, 3]).unwrap(),
     ];
     for v in &views {
         let back = read_npy(&write_npy(v).unwrap(), "view").unwrap();
@@ -232,10 +218,7 @@ fn bool_elements_are_written_and_read_as_zero_or_one() {
         &[7, 0, 1],
     );
     let back = read_npy(&file, "bools").unwrap();
-    assert_eq!(
-        back.to_vec::<Bool8>().unwrap(),
-        vec![Bool8(1), Bool8(0), Bool8(1)]
-    );
+    assert_eq!(back.to_vec::<Bool8>().unwrap(), vec![Bool8(1), Bool8(0), Bool8(1)]);
 }
 
 #[test]
@@ -261,14 +244,7 @@ fn bf16_cannot_be_written_and_the_error_says_to_cast_to_f32() {
 fn fortran_order_files_are_read_as_row_major() {
     let mut r = rng(4);
     for dtype in [DType::F64, DType::I32, DType::U8, DType::F16] {
-        for shape in [
-            &[3, 4][..],
-            &[2, 3, 4],
-            &[5],
-            &[],
-            &[2, 0, 3],
-            &[1, 4, 1, 3],
-        ] {
+        for shape in [&[3, 4][..], &[2, 3, 4], &[5], &[], &[2, 0, 3], &[1, 4, 1, 3]] {
             let t = random_tensor(&mut r, dtype, shape);
             let es = dtype.size_in_bytes();
             let expected = raw_bytes(&t);
@@ -333,11 +309,7 @@ fn format_versions_2_and_3_are_read() {
     }
     // Version 3.0 has a 4-byte length like 2.0: a file with a 2-byte length
     // labelled 3.0 must be rejected, not misread.
-    let bad = npy_file(
-        1,
-        "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }",
-        &[0; 4],
-    );
+    let bad = npy_file(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }", &[0; 4]);
     let mut v3 = bad.clone();
     v3[6] = 3;
     assert!(read_npy(&v3, "mislabelled").is_err());
@@ -360,10 +332,7 @@ fn long_headers_are_written_as_version_2_and_read_back() {
 
 #[test]
 fn header_dicts_are_parsed_in_any_key_order_and_spacing() {
-    let data: Vec<u8> = [1i16, -2, 3, -4, 5, -6]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
+    let data: Vec<u8> = [1i16, -2, 3, -4, 5, -6].iter().flat_map(|v| v.to_le_bytes()).collect();
     let headers = [
         "{'descr': '<i2', 'fortran_order': False, 'shape': (2, 3), }",
         "{'shape': (2, 3), 'descr': '<i2', 'fortran_order': False}",
@@ -374,33 +343,20 @@ fn header_dicts_are_parsed_in_any_key_order_and_spacing() {
         "\t{'descr': '<i2',\n 'fortran_order': False,\n 'shape': [2, 3]}\n",
     ];
     for h in headers {
-        let t = read_npy(&npy_file(1, h, &data), "header variant")
-            .unwrap_or_else(|e| panic!("{h:?}: {e}"));
+        let t = read_npy(&npy_file(1, h, &data), "header variant").unwrap_or_else(|e| panic!("{h:?}: {e}"));
         assert_eq!(t.shape(), &[2, 3], "{h:?}");
-        assert_eq!(
-            t.to_vec::<i16>().unwrap(),
-            vec![1, -2, 3, -4, 5, -6],
-            "{h:?}"
-        );
+        assert_eq!(t.to_vec::<i16>().unwrap(), vec![1, -2, 3, -4, 5, -6], "{h:?}");
     }
     // Scalars: `()`; one-element tuples need the comma.
     let t = read_npy(
-        &npy_file(
-            1,
-            "{'descr': '<i2', 'fortran_order': False, 'shape': ()}",
-            &data[..2],
-        ),
+        &npy_file(1, "{'descr': '<i2', 'fortran_order': False, 'shape': ()}", &data[..2]),
         "scalar",
     )
     .unwrap();
     assert_eq!(t.shape(), &[] as &[usize]);
     assert_eq!(t.to_vec::<i16>().unwrap(), vec![1]);
     let t = read_npy(
-        &npy_file(
-            1,
-            "{'descr': '<i2', 'fortran_order': False, 'shape': (6,)}",
-            &data,
-        ),
+        &npy_file(1, "{'descr': '<i2', 'fortran_order': False, 'shape': (6,)}", &data),
         "1-d",
     )
     .unwrap();
@@ -421,10 +377,7 @@ fn malformed_headers_are_format_errors_with_useful_messages() {
         (b"\x93NUMPY\x01\x00\x10".to_vec(), "header length"),
         (b"\x93NUMPY\x02\x00\x10\x00\x00".to_vec(), "header length"),
         (b"\x93NUMPY\x01\x00\xff\xff{}".to_vec(), "runs past the end"),
-        (
-            b"\x93NUMPY\x02\x00\xff\xff\xff\xff{}".to_vec(),
-            "runs past the end",
-        ),
+        (b"\x93NUMPY\x02\x00\xff\xff\xff\xff{}".to_vec(), "runs past the end"),
         (h("{'descr': '<f4', 'fortran_order': False}"), "no 'shape'"),
         (h("{'descr': '<f4', 'shape': (6,)}"), "no 'fortran_order'"),
         (h("{'fortran_order': False, 'shape': (6,)}"), "no 'descr'"),
@@ -492,10 +445,7 @@ fn malformed_headers_are_format_errors_with_useful_messages() {
             h("{'descr' '<f4', 'fortran_order': False, 'shape': (6,)}"),
             "expected ':'",
         ),
-        (
-            h("{'descr': '<f4, 'fortran_order': False, 'shape': (6,)}"),
-            "expected",
-        ),
+        (h("{'descr': '<f4, 'fortran_order': False, 'shape': (6,)}"), "expected"),
         (
             h("{'descr': '<f4', 'fortran_order': False, 'shape': (6,}"),
             "expected a value, found '}'",
@@ -527,11 +477,7 @@ fn malformed_headers_are_format_errors_with_useful_messages() {
         (h("['descr', '<f4']"), "expected '{'"),
         (h(""), "expected '{'"),
         (
-            h(&format!(
-                "{{'shape': {}6{}}}",
-                "(".repeat(10_000),
-                ")".repeat(10_000)
-            )),
+            h(&format!("{{'shape': {}6{}}}", "(".repeat(10_000), ")".repeat(10_000))),
             "nested too deeply",
         ),
     ];
@@ -561,16 +507,10 @@ fn data_shorter_or_longer_than_the_shape_is_an_error() {
     let mut data = vec![0u8; 48];
     r.fill_bytes(&mut data);
     assert!(read_npy(&npy_file(1, header, &data), "ok").is_ok());
-    assert_format_error(
-        read_npy(&npy_file(1, header, &data[..47]), "short"),
-        "truncated",
-    );
+    assert_format_error(read_npy(&npy_file(1, header, &data[..47]), "short"), "truncated");
     let mut long = data.clone();
     long.push(0);
-    let (offset, _) = assert_format_error(
-        read_npy(&npy_file(1, header, &long), "long"),
-        "unexpected bytes",
-    );
+    let (offset, _) = assert_format_error(read_npy(&npy_file(1, header, &long), "long"), "unexpected bytes");
     assert_eq!(offset as usize, 10 + header.len() + 48);
 }
 
@@ -581,10 +521,7 @@ fn every_truncation_of_a_valid_file_is_an_error() {
     let bytes = write_npy(&t).unwrap();
     for len in 0..bytes.len() {
         assert!(
-            matches!(
-                read_npy(&bytes[..len], "truncated"),
-                Err(Error::Format { .. })
-            ),
+            matches!(read_npy(&bytes[..len], "truncated"), Err(Error::Format { .. })),
             "prefix of {len} bytes was not a format error"
         );
     }
@@ -618,17 +555,9 @@ fn randomly_corrupted_files_never_panic() {
     let mut r = rng(9);
     let t = random_tensor(&mut r, DType::F32, &[2, 3, 2]);
     let good = write_npy(&t).unwrap();
-    let fortran = npy_file(
-        1,
-        "{'descr': '>u2', 'fortran_order': True, 'shape': (3, 2)}",
-        &[1; 12],
-    );
+    let fortran = npy_file(1, "{'descr': '>u2', 'fortran_order': True, 'shape': (3, 2)}", &[1; 12]);
     for i in 0..3000 {
-        let mut bytes = if i % 2 == 0 {
-            good.clone()
-        } else {
-            fortran.clone()
-        };
+        let mut bytes = if i % 2 == 0 { good.clone() } else { fortran.clone() };
         for _ in 0..r.gen_range(1..4) {
             match r.gen_range(0..4) {
                 0 => {
@@ -688,10 +617,7 @@ fn npz_round_trip_keeps_names_order_dtypes_and_data() {
         ("step", random_tensor(&mut r, DType::I64, &[])),
         ("mask", random_tensor(&mut r, DType::Bool, &[2, 2])),
         ("empty", random_tensor(&mut r, DType::U8, &[0, 3])),
-        (
-            "layer.0/attn",
-            random_tensor(&mut r, DType::U32, &[2, 1, 3]),
-        ),
+        ("layer.0/attn", random_tensor(&mut r, DType::U32, &[2, 1, 3])),
     ];
     let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
     let check = |arrays: Vec<(String, Tensor)>| {
@@ -710,9 +636,7 @@ fn npz_round_trip_keeps_names_order_dtypes_and_data() {
     std::fs::remove_file(&path).unwrap();
     check(loaded.unwrap());
     // An empty archive is valid.
-    assert!(read_npz(&write_npz(&[]).unwrap(), "empty")
-        .unwrap()
-        .is_empty());
+    assert!(read_npz(&write_npz(&[]).unwrap(), "empty").unwrap().is_empty());
 }
 
 #[test]
@@ -749,10 +673,7 @@ fn npz_with_deflated_and_stored_entries_written_by_the_zip_crate_is_read() {
     let names: Vec<&str> = arrays.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["a", "sub/b", "c"]);
     assert_eq!(raw_bytes(&arrays[0].1), raw_bytes(&a));
-    assert_eq!(
-        arrays[1].1.to_vec::<i32>().unwrap(),
-        b.to_vec::<i32>().unwrap()
-    );
+    assert_eq!(arrays[1].1.to_vec::<i32>().unwrap(), b.to_vec::<i32>().unwrap());
     assert_eq!(raw_bytes(&arrays[2].1), raw_bytes(&c));
 }
 
@@ -771,28 +692,20 @@ fn npz_problems_are_errors_that_name_the_entry() {
 
     // A non-.npy entry.
     let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    zw.start_file("readme.txt", SimpleFileOptions::default())
-        .unwrap();
+    zw.start_file("readme.txt", SimpleFileOptions::default()).unwrap();
     zw.write_all(b"hello").unwrap();
     let archive = zw.finish().unwrap().into_inner();
     let msg = read_npz(&archive, "x.npz").unwrap_err().to_string();
-    assert!(
-        msg.contains("readme.txt") && msg.contains("not a .npy"),
-        "{msg}"
-    );
+    assert!(msg.contains("readme.txt") && msg.contains("not a .npy"), "{msg}");
 
     // A broken .npy inside names the entry.
     let mut zw = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    zw.start_file("w.npy", SimpleFileOptions::default())
-        .unwrap();
+    zw.start_file("w.npy", SimpleFileOptions::default()).unwrap();
     let npy = write_npy(&t).unwrap();
     zw.write_all(&npy[..npy.len() - 2]).unwrap();
     let archive = zw.finish().unwrap().into_inner();
     let msg = read_npz(&archive, "x.npz").unwrap_err().to_string();
-    assert!(
-        msg.contains("entry `w.npy`") && msg.contains("truncated"),
-        "{msg}"
-    );
+    assert!(msg.contains("entry `w.npy`") && msg.contains("truncated"), "{msg}");
 
     // Every truncation and many corruptions of a valid archive are errors, not panics.
     let good = write_npz(&[("a", &t), ("b", &t)]).unwrap();

@@ -178,11 +178,7 @@ fn naive_broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 fn broadcast_target(r: &mut ChaCha8Rng, shape: &[usize]) -> Vec<usize> {
     let lead = r.gen_range(0..=2usize.min(6 - shape.len().min(6)));
     let mut target: Vec<usize> = (0..lead).map(|_| r.gen_range(0..4)).collect();
-    target.extend(
-        shape
-            .iter()
-            .map(|&d| if d == 1 { r.gen_range(0..4) } else { d }),
-    );
+    target.extend(shape.iter().map(|&d| if d == 1 { r.gen_range(0..4) } else { d }));
     target
 }
 
@@ -607,17 +603,9 @@ fn broadcast_shapes_with_symbols_is_symmetric_against_known_dims() {
             Some(vec![n.clone(), Dim::Known(4)]),
         ),
         (vec![n.clone()], vec![Dim::Known(1)], Some(vec![n.clone()])),
-        (
-            vec![n.clone()],
-            vec![Dim::Known(3)],
-            Some(vec![Dim::Known(3)]),
-        ),
+        (vec![n.clone()], vec![Dim::Known(3)], Some(vec![Dim::Known(3)])),
         (vec![n.clone()], vec![n.clone()], Some(vec![n.clone()])),
-        (
-            vec![Dim::Known(2), n.clone()],
-            vec![Dim::Known(3), Dim::Known(1)],
-            None,
-        ),
+        (vec![Dim::Known(2), n.clone()], vec![Dim::Known(3), Dim::Known(1)], None),
         (
             vec![],
             vec![n.clone(), Dim::Known(0)],
@@ -651,14 +639,8 @@ fn views_of_views_keep_sharing_until_a_write() {
     let patch = random_tensor(&mut r, &[1, 1, 1, 1]);
     w.write_slice(&[1, 0, 2, 1], &patch).unwrap();
     assert!(!shares(&w, &t));
-    assert_eq!(
-        w.get_f64(&[1, 0, 2, 1]).unwrap(),
-        patch.get_f64(&[0, 0, 0, 0]).unwrap()
-    );
-    assert_eq!(
-        v.get_f64(&[1, 0, 2, 1]).unwrap(),
-        t.get_f64(&[2, 1, 1]).unwrap()
-    );
+    assert_eq!(w.get_f64(&[1, 0, 2, 1]).unwrap(), patch.get_f64(&[0, 0, 0, 0]).unwrap());
+    assert_eq!(v.get_f64(&[1, 0, 2, 1]).unwrap(), t.get_f64(&[2, 1, 1]).unwrap());
 }
 
 // --- regressions for bugs in tensor.rs (see the report) -----------------------
@@ -667,10 +649,7 @@ fn views_of_views_keep_sharing_until_a_write() {
 fn empty_tensors_are_contiguous_and_contiguous_does_not_copy() {
     for shape in [&[0][..], &[0, 3], &[3, 0], &[2, 0, 4], &[2, 3, 0]] {
         let t = Tensor::zeros(stitch_core::DType::F32, shape);
-        assert!(
-            t.is_contiguous(),
-            "fresh {shape:?} tensor is not contiguous"
-        );
+        assert!(t.is_contiguous(), "fresh {shape:?} tensor is not contiguous");
         assert!(t.as_slice::<f32>().unwrap().is_empty());
         assert!(
             shares(&t.contiguous(), &t),
@@ -692,25 +671,10 @@ fn empty_strided_views_give_empty_slices_whatever_their_offset() {
 #[test]
 fn slices_with_extreme_steps_do_not_overflow() {
     let t = Tensor::from_vec(vec![1i32, 2, 3, 4, 5], &[5]).unwrap();
+    assert_eq!(t.slice(0, 1, 5, isize::MAX).unwrap().to_vec::<i32>().unwrap(), vec![2]);
+    assert_eq!(t.slice(0, 4, -1, isize::MIN).unwrap().to_vec::<i32>().unwrap(), vec![5]);
     assert_eq!(
-        t.slice(0, 1, 5, isize::MAX)
-            .unwrap()
-            .to_vec::<i32>()
-            .unwrap(),
-        vec![2]
-    );
-    assert_eq!(
-        t.slice(0, 4, -1, isize::MIN)
-            .unwrap()
-            .to_vec::<i32>()
-            .unwrap(),
-        vec![5]
-    );
-    assert_eq!(
-        t.slice(0, 4, -1, -isize::MAX)
-            .unwrap()
-            .to_vec::<i32>()
-            .unwrap(),
+        t.slice(0, 4, -1, -isize::MAX).unwrap().to_vec::<i32>().unwrap(),
         vec![5]
     );
 }

@@ -217,13 +217,7 @@ fn decomposition_leaves_no_composites_and_scopes_names() {
     let s = g.placeholder("s", DType::F32, [4]);
     let y = g.layer_norm(x, s, None, -1, 1e-5).unwrap();
     let y = g.softmax(y, -1).unwrap();
-    let exe = Executable::compile(
-        &g,
-        &[y],
-        Arc::new(CpuBackend::new()),
-        CompileOptions::reference(),
-    )
-    .unwrap();
+    let exe = Executable::compile(&g, &[y], Arc::new(CpuBackend::new()), CompileOptions::reference()).unwrap();
     let ty = [
         stitch_core::TensorType::new(DType::F32, [2, 4]),
         stitch_core::TensorType::new(DType::F32, [4]),

@@ -38,7 +38,14 @@ fn unary_op() -> impl Strategy<Value = UnaryOp> {
 }
 
 fn binary_op() -> impl Strategy<Value = BinaryOp> {
-    prop::sample::select(vec![BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Max, BinaryOp::Min, BinaryOp::Div])
+    prop::sample::select(vec![
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Max,
+        BinaryOp::Min,
+        BinaryOp::Div,
+    ])
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -75,10 +82,19 @@ fn build(steps: &[Step], reduce: Option<(ReduceOp, Vec<i64>)>, dtype: DType) -> 
 
 fn run(g: &Graph, y: Value, options: CompileOptions, x: &Tensor, r: &Tensor) -> (Tensor, usize) {
     let exe = Executable::compile(g, &[y], Arc::new(CpuBackend::new()), options).unwrap();
-    let out = exe.run(&[("x", x.clone()), ("r", r.clone())], &mut exe.new_state()).unwrap();
-    let types = [TensorType::new(x.dtype(), x.shape()), TensorType::new(r.dtype(), r.shape())];
+    let out = exe
+        .run(&[("x", x.clone()), ("r", r.clone())], &mut exe.new_state())
+        .unwrap();
+    let types = [
+        TensorType::new(x.dtype(), x.shape()),
+        TensorType::new(r.dtype(), r.shape()),
+    ];
     let plan = exe.plan_for(&types).unwrap();
-    let fused = plan.steps.iter().filter(|&&i| matches!(plan.graph.nodes()[i].op, Op::Fused(_))).count();
+    let fused = plan
+        .steps
+        .iter()
+        .filter(|&&i| matches!(plan.graph.nodes()[i].op, Op::Fused(_)))
+        .count();
     (out.into_iter().next().unwrap(), fused)
 }
 
@@ -155,6 +171,8 @@ fn fusion_handles_strided_and_broadcast_inputs_and_f16() {
     let (fused, regions) = run(&g, y, CompileOptions::default(), &xt, &col);
     assert_eq!(regions, 1);
     let (xs, cs) = (xt.to_f64_vec(), col.to_f64_vec());
-    let want: Vec<f64> = (0..6).map(|i| (0..7).map(|j| (xs[i * 7 + j] * cs[i]).exp()).sum()).collect();
+    let want: Vec<f64> = (0..6)
+        .map(|i| (0..7).map(|j| (xs[i * 7 + j] * cs[i]).exp()).sum())
+        .collect();
     common::assert_close_tol(&fused, &want, &[6, 1], 4e-3, 4e-3, "strided f16 region");
 }

@@ -42,23 +42,9 @@ fn check(op: Op, inputs: &[Tensor], want: &[f64], shape: &[usize], loose_fused: 
     if has_fused(&op) && !loose_fused {
         assert_close(&fused, want, shape, &format!("{what}: fused vs reference"));
     } else {
-        assert_close_tol(
-            &fused,
-            want,
-            shape,
-            rt,
-            at,
-            &format!("{what}: fused vs reference"),
-        );
+        assert_close_tol(&fused, want, shape, rt, at, &format!("{what}: fused vs reference"));
     }
-    assert_close_tol(
-        &dec,
-        want,
-        shape,
-        rt,
-        at,
-        &format!("{what}: decomposed vs reference"),
-    );
+    assert_close_tol(&dec, want, shape, rt, at, &format!("{what}: decomposed vs reference"));
     assert_close_tol(
         &dec,
         &fused.to_f64_vec(),
@@ -103,11 +89,7 @@ fn softmax_ref(x: &[f64], shape: &[usize], ax: usize, log: bool) -> Vec<f64> {
 fn softmax_and_log_softmax_fused_and_decomposed_agree_with_reference() {
     let mut r = rng(41);
     for dtype in FLOATS {
-        for (shape, axis) in [
-            (vec![4usize, 9], -1i64),
-            (vec![3, 5, 4], 1),
-            (vec![6, 2], 0),
-        ] {
+        for (shape, axis) in [(vec![4usize, 9], -1i64), (vec![3, 5, 4], 1), (vec![6, 2], 0)] {
             let x = random_range(&mut r, dtype, &shape, -4.0, 4.0);
             let ax = norm_axis(axis, shape.len());
             for log in [false, true] {
@@ -131,14 +113,7 @@ fn softmax_and_log_softmax_fused_and_decomposed_agree_with_reference() {
 }
 
 /// Layer norm (or RMS norm) over axes `ax..` with right-aligned scale and bias, in f64.
-fn norm_ref(
-    x: &Tensor,
-    scale: &Tensor,
-    bias: Option<&Tensor>,
-    ax: usize,
-    eps: f64,
-    rms: bool,
-) -> Vec<f64> {
+fn norm_ref(x: &Tensor, scale: &Tensor, bias: Option<&Tensor>, ax: usize, eps: f64, rms: bool) -> Vec<f64> {
     let xv = x.to_f64_vec();
     let ns = &x.shape()[ax..];
     let n: usize = ns.iter().product();
@@ -146,11 +121,7 @@ fn norm_ref(
     let bv = bias.map(|b| (b.to_f64_vec(), b.shape().to_vec()));
     let mut out = Vec::with_capacity(xv.len());
     for row in xv.chunks(n) {
-        let mean = if rms {
-            0.0
-        } else {
-            row.iter().sum::<f64>() / n as f64
-        };
+        let mean = if rms { 0.0 } else { row.iter().sum::<f64>() / n as f64 };
         let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
         for (k, &v) in row.iter().enumerate() {
             let idx = unravel(k, ns);
@@ -180,17 +151,7 @@ fn layer_norm_fused_and_decomposed_agree_with_reference() {
                 let mut ins = vec![x, scale];
                 ins.extend(bias);
                 let what = format!("layer_norm {dtype} axis {axis} bias {with_bias}");
-                check(
-                    Op::LayerNorm {
-                        axis,
-                        epsilon: 1e-5,
-                    },
-                    &ins,
-                    &want,
-                    &shape,
-                    false,
-                    &what,
-                );
+                check(Op::LayerNorm { axis, epsilon: 1e-5 }, &ins, &want, &shape, false, &what);
             }
         }
     }
@@ -200,20 +161,14 @@ fn layer_norm_fused_and_decomposed_agree_with_reference() {
 fn rms_norm_fused_and_decomposed_agree_with_reference() {
     let mut r = rng(43);
     for dtype in FLOATS {
-        for (shape, axis, sshape) in [
-            (vec![5usize, 8], -1i64, vec![8usize]),
-            (vec![2, 3, 4], -2, vec![4]),
-        ] {
+        for (shape, axis, sshape) in [(vec![5usize, 8], -1i64, vec![8usize]), (vec![2, 3, 4], -2, vec![4])] {
             let ax = norm_axis(axis, shape.len());
             let x = random(&mut r, dtype, &shape);
             let scale = random(&mut r, dtype, &sshape);
             let want = norm_ref(&x, &scale, None, ax, 1e-6, true);
             let what = format!("rms_norm {dtype} {shape:?} axis {axis}");
             check(
-                Op::RmsNorm {
-                    axis,
-                    epsilon: 1e-6,
-                },
+                Op::RmsNorm { axis, epsilon: 1e-6 },
                 &[x, scale],
                 &want,
                 &shape,
@@ -247,12 +202,9 @@ fn composite_unary_ops_fused_and_decomposed_agree_with_reference() {
     let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
     type Reference<'a> = &'a dyn Fn(f64) -> f64;
     let cases: [(UnaryOp, f64, f64, Reference); 5] = [
-        (UnaryOp::Gelu, -3.0, 3.0, &|x| {
-            0.5 * x * (1.0 + erf(x / 2f64.sqrt()))
-        }),
+        (UnaryOp::Gelu, -3.0, 3.0, &|x| 0.5 * x * (1.0 + erf(x / 2f64.sqrt()))),
         (UnaryOp::GeluTanh, -3.0, 3.0, &|x| {
-            0.5 * x
-                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+            0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
         }),
         (UnaryOp::Silu, -6.0, 6.0, &|x| x * sigmoid(x)),
         (UnaryOp::Sigmoid, -6.0, 6.0, &sigmoid),
@@ -273,9 +225,7 @@ fn composite_unary_ops_fused_and_decomposed_agree_with_reference() {
                 );
             }
             // A strided input.
-            let x = random_range(&mut r, dtype, &[6, 4], lo, hi)
-                .permute(&[1, 0])
-                .unwrap();
+            let x = random_range(&mut r, dtype, &[6, 4], lo, hi).permute(&[1, 0]).unwrap();
             let want: Vec<f64> = x.to_f64_vec().into_iter().map(f).collect();
             check(
                 Op::Unary(u),
@@ -379,9 +329,7 @@ fn gemm_fused_and_decomposed_agree_with_reference() {
                     };
                     // Half-precision matmul may accumulate in half precision: decomposition tolerance.
                     let loose = matches!(dtype, DType::F16 | DType::BF16);
-                    let what = format!(
-                        "gemm {dtype} ta {ta} tb {tb} c {c_shape:?} alpha {alpha} beta {beta}"
-                    );
+                    let what = format!("gemm {dtype} ta {ta} tb {tb} c {c_shape:?} alpha {alpha} beta {beta}");
                     check(op, &ins, &want, &[m, n], loose, &what);
                 }
             }
@@ -399,14 +347,7 @@ enum Mask {
 }
 
 /// Reference attention: scores = q·k * scale, mask, softmax over keys, @ v.
-fn sdpa_ref(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-    scale: f64,
-    causal: bool,
-) -> Vec<f64> {
+fn sdpa_ref(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64, causal: bool) -> Vec<f64> {
     let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
     let (b, hq, lq, d) = (qs[0], qs[1], qs[2], qs[3]);
     let (hkv, lk, dv) = (ks[1], ks[2], vs[3]);
@@ -504,14 +445,7 @@ fn sdpa_with_masks_causal_alignment_and_grouped_heads_agrees_with_reference() {
     };
     for dtype in FLOATS {
         // dims: [B, Hq, Hkv, Lq, Lk, D]
-        run_sdpa_case(
-            &mut r,
-            dtype,
-            [2, 2, 2, 3, 5, 4],
-            &Mask::None,
-            plain,
-            "no mask",
-        );
+        run_sdpa_case(&mut r, dtype, [2, 2, 2, 3, 5, 4], &Mask::None, plain, "no mask");
         run_sdpa_case(
             &mut r,
             dtype,
@@ -607,12 +541,7 @@ fn sdpa_fully_masked_row_gives_nan_in_both_paths() {
         random(&mut r, DType::F32, &[1, 1, 4, 3]),
     );
     // Row 0 may attend to keys 1 and 3; row 1 to nothing.
-    let mask = Tensor::from_f64(
-        DType::Bool,
-        &[0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0],
-        &[2, 4],
-    )
-    .unwrap();
+    let mask = Tensor::from_f64(DType::Bool, &[0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0], &[2, 4]).unwrap();
     let want = sdpa_ref(&q, &k, &v, Some(&mask), 1.0 / 3f64.sqrt(), false);
     assert!(want[..3].iter().all(|x| x.is_finite()) && want[3..].iter().all(|x| x.is_nan()));
     check(

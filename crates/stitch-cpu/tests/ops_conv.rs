@@ -40,10 +40,7 @@ fn ref_conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, a: &ConvAttrs) -> (Vec<f
     let (dh, dw) = hw(&a.dilations, 1);
     let (phb, pwb) = hw(&a.pads[..sp], 0);
     let (phe, pwe) = hw(&a.pads[sp..], 0);
-    let (oh, ow) = (
-        out_len(ih, kh, sh, phb, phe, dh),
-        out_len(iw, kw, sw, pwb, pwe, dw),
-    );
+    let (oh, ow) = (out_len(ih, kh, sh, phb, phe, dh), out_len(iw, kw, sw, pwb, pwe, dw));
     let mg = m / a.groups;
     let mut y = Vec::new();
     for ni in 0..n {
@@ -103,14 +100,7 @@ fn check_conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, a: &ConvAttrs, what: &
         DType::F16 => 2e-3,
         _ => 1.6e-2,
     };
-    assert_close_tol(
-        &got,
-        &want,
-        &shape,
-        eps,
-        4.0 * eps * (terms as f64).sqrt(),
-        what,
-    );
+    assert_close_tol(&got, &want, &shape, eps, 4.0 * eps * (terms as f64).sqrt(), what);
 }
 
 /// (x shape, w shape, strides, pads, dilations, groups, bias)
@@ -125,78 +115,14 @@ type ConvCase = (
 );
 
 const CONV2D: &[ConvCase] = &[
-    (
-        &[2, 4, 7, 6],
-        &[6, 4, 3, 3],
-        &[1, 1],
-        &[0, 0, 0, 0],
-        &[1, 1],
-        1,
-        true,
-    ),
-    (
-        &[2, 4, 9, 8],
-        &[6, 2, 3, 2],
-        &[2, 1],
-        &[1, 0, 2, 1],
-        &[2, 1],
-        2,
-        false,
-    ),
-    (
-        &[1, 4, 5, 5],
-        &[4, 1, 3, 3],
-        &[2, 2],
-        &[1, 1, 1, 1],
-        &[1, 1],
-        4,
-        true,
-    ),
-    (
-        &[2, 3, 6, 7],
-        &[6, 1, 2, 3],
-        &[1, 2],
-        &[0, 2, 1, 0],
-        &[2, 2],
-        3,
-        true,
-    ),
-    (
-        &[2, 4, 5, 3],
-        &[5, 4, 1, 1],
-        &[1, 1],
-        &[0, 0, 0, 0],
-        &[1, 1],
-        1,
-        true,
-    ),
-    (
-        &[1, 4, 5, 6],
-        &[4, 2, 1, 1],
-        &[1, 1],
-        &[0, 0, 0, 0],
-        &[1, 1],
-        2,
-        false,
-    ),
-    (
-        &[1, 4, 5, 6],
-        &[3, 4, 1, 1],
-        &[2, 2],
-        &[1, 0, 0, 1],
-        &[1, 1],
-        1,
-        true,
-    ),
-    (
-        &[1, 1, 1, 1],
-        &[1, 1, 1, 1],
-        &[1, 1],
-        &[0, 0, 0, 0],
-        &[1, 1],
-        1,
-        true,
-    ),
+    (&[2, 4, 7, 6], &[6, 4, 3, 3], &[1, 1], &[0, 0, 0, 0], &[1, 1], 1, true),
+    (&[2, 4, 9, 8], &[6, 2, 3, 2], &[2, 1], &[1, 0, 2, 1], &[2, 1], 2, false),
+    (&[1, 4, 5, 5], &[4, 1, 3, 3], &[2, 2], &[1, 1, 1, 1], &[1, 1], 4, true),
+    (&[2, 3, 6, 7], &[6, 1, 2, 3], &[1, 2], &[0, 2, 1, 0], &[2, 2], 3, true),
+    (&[2, 4, 5, 3], &[5, 4, 1, 1], &[1, 1], &[0, 0, 0, 0], &[1, 1], 1, true),
+    (&[1, 4, 5, 6], &[4, 2, 1, 1], &[1, 1], &[0, 0, 0, 0], &[1, 1], 2, false),
+    (&[1, 4, 5, 6], &[3, 4, 1, 1], &[2, 2], &[1, 0, 0, 1], &[1, 1], 1, true),
+    (&[1, 1, 1, 1], &[1, 1, 1, 1], &[1, 1], &[0, 0, 0, 0], &[1, 1], 1, true),
 ];
 
 const CONV1D: &[ConvCase] = &[
@@ -248,9 +174,7 @@ fn conv_accepts_non_contiguous_inputs() {
     let x = random(&mut r, DType::F32, &[2, 6, 5, 4])
         .permute(&[0, 3, 1, 2])
         .unwrap();
-    let w = random(&mut r, DType::F32, &[3, 4, 3, 2])
-        .slice(3, 1, -1, -1)
-        .unwrap();
+    let w = random(&mut r, DType::F32, &[3, 4, 3, 2]).slice(3, 1, -1, -1).unwrap();
     let b = random(&mut r, DType::F32, &[6]).slice(0, 0, 6, 2).unwrap();
     assert!(!x.is_contiguous() && !w.is_contiguous() && !b.is_contiguous());
     check_conv(
@@ -302,11 +226,7 @@ fn ref_pool(x: &Tensor, a: &PoolAttrs, avg: bool) -> (Vec<f64>, Vec<usize>) {
     let len = |input: usize, k: usize, s: usize, pb: usize, pe: usize, d: usize| {
         let span = d * (k - 1) + 1;
         let num = input + pb + pe - span;
-        let mut o = if a.ceil_mode {
-            num.div_ceil(s)
-        } else {
-            num / s
-        } + 1;
+        let mut o = if a.ceil_mode { num.div_ceil(s) } else { num / s } + 1;
         // ceil_mode never starts a window inside the end padding.
         if a.ceil_mode && (o - 1) * s >= input + pb {
             o -= 1;
@@ -431,14 +351,7 @@ fn check_pool(x: &Tensor, a: &PoolAttrs, avg: bool, what: &str) {
 #[test]
 fn max_pool_matches_reference_with_pads_ceil_mode_and_dilation() {
     let mut r = rng(7);
-    for dt in [
-        DType::F32,
-        DType::F64,
-        DType::F16,
-        DType::BF16,
-        DType::I32,
-        DType::U8,
-    ] {
+    for dt in [DType::F32, DType::F64, DType::F16, DType::BF16, DType::I32, DType::U8] {
         for (xs, a) in pool_cases() {
             let x = random(&mut r, dt, xs);
             check_pool(&x, &a, false, &format!("{dt} max x{xs:?} {a:?}"));
@@ -512,10 +425,7 @@ fn larger_pools_match_reference() {
 fn max_pool_with_a_window_larger_than_the_input_is_an_error_naming_the_shape() {
     let mut g = Graph::new();
     let x = g.placeholder("x", DType::F32, vec![1usize, 2, 3, 3]);
-    let err = g
-        .max_pool(x, PoolAttrs::new(&[4, 2]))
-        .unwrap_err()
-        .to_string();
+    let err = g.max_pool(x, PoolAttrs::new(&[4, 2])).unwrap_err().to_string();
     assert!(err.contains("[1, 2, 3, 3]"), "{err}");
     // With enough padding the same window fits.
     let mut a = PoolAttrs::new(&[4, 2]);

@@ -86,21 +86,15 @@ fn gather_reads_strided_data_and_indices() {
         .slice(1, 5, -1, -2)
         .unwrap();
     assert_eq!(data.shape(), &[8, 3]);
-    let idx = indices(&mut r, DType::I64, &[4, 5], -8, 8)
-        .permute(&[1, 0])
-        .unwrap();
+    let idx = indices(&mut r, DType::I64, &[4, 5], -8, 8).permute(&[1, 0]).unwrap();
     let (want, shape) = gather_reference(&data, &idx, 0);
-    let y = run_op(Op::Gather { axis: 0 }, &[data, idx])
-        .unwrap()
-        .remove(0);
+    let y = run_op(Op::Gather { axis: 0 }, &[data, idx]).unwrap().remove(0);
     exact(&y, &want, &shape, "strided gather");
     // Large enough to run in parallel.
     let data = random(&mut r, DType::BF16, &[50, 40, 30]);
     let idx = indices(&mut r, DType::I32, &[3, 9], -40, 40);
     let (want, shape) = gather_reference(&data, &idx, 1);
-    let y = run_op(Op::Gather { axis: 1 }, &[data, idx])
-        .unwrap()
-        .remove(0);
+    let y = run_op(Op::Gather { axis: 1 }, &[data, idx]).unwrap().remove(0);
     exact(&y, &want, &shape, "large gather");
 }
 
@@ -114,9 +108,7 @@ fn gather_out_of_range_index_is_an_error_naming_index_and_axis_size() {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains(&format!("index {bad}"))
-                && err.contains("size 5")
-                && err.contains("gather"),
+            err.contains(&format!("index {bad}")) && err.contains("size 5") && err.contains("gather"),
             "{err}"
         );
     }
@@ -145,28 +137,13 @@ fn gather_elements_picks_per_position_on_every_axis() {
             ishape[ax] = 6;
             let n = ds[ax] as i64;
             let data = random(&mut r, dtype, &ds);
-            let idx = indices(
-                &mut r,
-                if ax == 1 { DType::I32 } else { DType::I64 },
-                &ishape,
-                -n,
-                n,
-            );
+            let idx = indices(&mut r, if ax == 1 { DType::I32 } else { DType::I64 }, &ishape, -n, n);
             let want = gather_elements_reference(&data, &idx, ax);
-            let y = run_op(Op::GatherElements { axis }, &[data, idx])
-                .unwrap()
-                .remove(0);
-            exact(
-                &y,
-                &want,
-                &ishape,
-                &format!("gather_elements {dtype} axis {axis}"),
-            );
+            let y = run_op(Op::GatherElements { axis }, &[data, idx]).unwrap().remove(0);
+            exact(&y, &want, &ishape, &format!("gather_elements {dtype} axis {axis}"));
         }
     }
-    let data = random(&mut r, DType::F64, &[5, 6])
-        .permute(&[1, 0])
-        .unwrap();
+    let data = random(&mut r, DType::F64, &[5, 6]).permute(&[1, 0]).unwrap();
     let idx = indices(&mut r, DType::I64, &[6, 5], -5, 5);
     let want = gather_elements_reference(&data, &idx, 1);
     let y = run_op(Op::GatherElements { axis: 1 }, &[data, idx.clone()])
@@ -181,13 +158,7 @@ fn gather_elements_picks_per_position_on_every_axis() {
     assert!(err.contains("index -3") && err.contains("size 2"), "{err}");
 }
 
-fn scatter_reference(
-    data: &Tensor,
-    idx: &Tensor,
-    upd: &Tensor,
-    ax: usize,
-    red: ScatterReduction,
-) -> Vec<f64> {
+fn scatter_reference(data: &Tensor, idx: &Tensor, upd: &Tensor, ax: usize, red: ScatterReduction) -> Vec<f64> {
     let dt = data.dtype();
     let mut out = data.to_f64_vec();
     let (iv, uv) = (idx.to_f64_vec(), upd.to_f64_vec());
@@ -240,25 +211,15 @@ fn scatter_elements_applies_duplicate_updates_in_index_order_for_each_reduction(
                 continue;
             }
             for (ds, is, axis) in cases {
-                let ax = if axis < 0 {
-                    ds.len() - 1
-                } else {
-                    axis as usize
-                };
+                let ax = if axis < 0 { ds.len() - 1 } else { axis as usize };
                 let n = ds[ax] as i64;
                 let data = random(&mut r, dtype, ds);
                 let idx = indices(&mut r, DType::I64, is, -n, n);
                 let upd = random(&mut r, dtype, is);
                 let want = scatter_reference(&data, &idx, &upd, ax, red);
-                let y = run_op(
-                    Op::ScatterElements {
-                        axis,
-                        reduction: red,
-                    },
-                    &[data.clone(), idx, upd],
-                )
-                .unwrap()
-                .remove(0);
+                let y = run_op(Op::ScatterElements { axis, reduction: red }, &[data.clone(), idx, upd])
+                    .unwrap()
+                    .remove(0);
                 exact(
                     &y,
                     &want,
@@ -417,13 +378,9 @@ fn range_matches_start_plus_i_delta_for_floats_and_ints() {
         DType::U64,
     ] {
         for (start, limit, delta) in cases {
-            let signed_ok =
-                dtype.is_float() || dtype.is_signed_int() || (start >= 0.0 && limit >= 0.0);
+            let signed_ok = dtype.is_float() || dtype.is_signed_int() || (start >= 0.0 && limit >= 0.0);
             let whole = start.fract() == 0.0 && delta.fract() == 0.0;
-            if !signed_ok
-                || (dtype.is_int() && !whole)
-                || (dtype.size_in_bytes() == 1 && limit > 100.0)
-            {
+            if !signed_ok || (dtype.is_int() && !whole) || (dtype.size_in_bytes() == 1 && limit > 100.0) {
                 continue;
             }
             let n = ((limit - start) / delta).ceil().max(0.0) as usize;
@@ -440,12 +397,7 @@ fn range_matches_start_plus_i_delta_for_floats_and_ints() {
             .unwrap()
             .remove(0);
             assert_eq!(y.dtype(), dtype);
-            exact(
-                &y,
-                &want,
-                &[n],
-                &format!("range {dtype} ({start}, {limit}, {delta})"),
-            );
+            exact(&y, &want, &[n], &format!("range {dtype} ({start}, {limit}, {delta})"));
         }
     }
 }
@@ -465,10 +417,7 @@ fn integer_range_is_exact_beyond_f64_precision() {
     .unwrap()
     .remove(0);
     let base = 1i64 << 53;
-    assert_eq!(
-        y.to_vec::<i64>().unwrap(),
-        (0..6).map(|k| base + k).collect::<Vec<_>>()
-    );
+    assert_eq!(y.to_vec::<i64>().unwrap(), (0..6).map(|k| base + k).collect::<Vec<_>>());
     // A long range runs in parallel; spot-check both ends.
     let y = run_op(
         Op::Range {

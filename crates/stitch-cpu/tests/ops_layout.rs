@@ -27,9 +27,7 @@ fn strided(r: &mut rand_chacha::ChaCha8Rng, dtype: DType, shape: &[usize]) -> Te
     let mut base = shape.to_vec();
     base.swap(rank - 2, rank - 1);
     base[0] += 1;
-    let t = random(r, dtype, &base)
-        .slice(0, 1, base[0] as isize, 1)
-        .unwrap();
+    let t = random(r, dtype, &base).slice(0, 1, base[0] as isize, 1).unwrap();
     let mut perm: Vec<usize> = (0..rank).collect();
     perm.swap(rank - 2, rank - 1);
     let v = t.permute(&perm).unwrap();
@@ -51,20 +49,10 @@ fn reshape_of_contiguous_input_is_a_view_and_keeps_row_major_order() {
             (vec![24], vec![24]),
             (vec![2, 1, 3, 1, 4], vec![2, 1, 3, 1, 4]),
         ] {
-            let y = run_op(
-                Op::Reshape {
-                    shape: target.clone(),
-                },
-                std::slice::from_ref(&x),
-            )
-            .unwrap()
-            .remove(0);
-            exact(
-                &y,
-                &x.to_f64_vec(),
-                &shape,
-                &format!("reshape {dtype} {target:?}"),
-            );
+            let y = run_op(Op::Reshape { shape: target.clone() }, std::slice::from_ref(&x))
+                .unwrap()
+                .remove(0);
+            exact(&y, &x.to_f64_vec(), &shape, &format!("reshape {dtype} {target:?}"));
             assert!(
                 same_buffer(&x, &y),
                 "reshape {dtype} {target:?} copied a contiguous input"
@@ -88,24 +76,14 @@ fn reshape_of_strided_input_matches_row_major_reference() {
             let y = run_op(Op::Reshape { shape: target }, std::slice::from_ref(&x))
                 .unwrap()
                 .remove(0);
-            exact(
-                &y,
-                &want,
-                &shape,
-                &format!("strided reshape {dtype} to {shape:?}"),
-            );
+            exact(&y, &want, &shape, &format!("strided reshape {dtype} to {shape:?}"));
         }
     }
     // Splitting an axis of a transposed view needs no copy.
     let x = strided(&mut r, DType::F32, &[4, 6]);
-    let y = run_op(
-        Op::Reshape {
-            shape: vec![2, 2, 6],
-        },
-        std::slice::from_ref(&x),
-    )
-    .unwrap()
-    .remove(0);
+    let y = run_op(Op::Reshape { shape: vec![2, 2, 6] }, std::slice::from_ref(&x))
+        .unwrap()
+        .remove(0);
     exact(&y, &x.to_f64_vec(), &[2, 2, 6], "split-axis reshape");
     assert!(same_buffer(&x, &y));
 }
@@ -115,9 +93,7 @@ fn reshape_of_large_transposed_views_copies_every_element() {
     let mut r = rng(13);
     for dtype in [DType::F32, DType::F16, DType::U8, DType::I64] {
         // Row counts that are not multiples of the copy's row groups, and a batch axis.
-        let x = random(&mut r, dtype, &[3, 61, 203])
-            .permute(&[0, 2, 1])
-            .unwrap();
+        let x = random(&mut r, dtype, &[3, 61, 203]).permute(&[0, 2, 1]).unwrap();
         let y = run_op(
             Op::Reshape {
                 shape: vec![3 * 203, 61],
@@ -153,53 +129,23 @@ fn reshape_of_large_transposed_views_copies_every_element() {
 fn squeeze_and_unsqueeze_keep_values_for_strided_and_empty_inputs() {
     let mut r = rng(3);
     for dtype in [DType::F16, DType::I32, DType::Bool] {
-        let x = strided(&mut r, dtype, &[1, 3, 1, 4])
-            .slice(3, 0, 4, 2)
-            .unwrap();
+        let x = strided(&mut r, dtype, &[1, 3, 1, 4]).slice(3, 0, 4, 2).unwrap();
         let y = run_op(Op::Squeeze { axes: vec![] }, std::slice::from_ref(&x))
             .unwrap()
             .remove(0);
-        exact(
-            &y,
-            &x.to_f64_vec(),
-            &[3, 2],
-            &format!("squeeze all {dtype}"),
-        );
+        exact(&y, &x.to_f64_vec(), &[3, 2], &format!("squeeze all {dtype}"));
         let y = run_op(Op::Squeeze { axes: vec![-2] }, std::slice::from_ref(&x))
             .unwrap()
             .remove(0);
-        exact(
-            &y,
-            &x.to_f64_vec(),
-            &[1, 3, 2],
-            &format!("squeeze -2 {dtype}"),
-        );
-        let y = run_op(
-            Op::Unsqueeze { axes: vec![0, -1] },
-            std::slice::from_ref(&x),
-        )
-        .unwrap()
-        .remove(0);
-        exact(
-            &y,
-            &x.to_f64_vec(),
-            &[1, 1, 3, 1, 2, 1],
-            &format!("unsqueeze {dtype}"),
-        );
-        assert!(
-            same_buffer(&x, &y),
-            "unsqueeze of a view should stay a view"
-        );
+        exact(&y, &x.to_f64_vec(), &[1, 3, 2], &format!("squeeze -2 {dtype}"));
+        let y = run_op(Op::Unsqueeze { axes: vec![0, -1] }, std::slice::from_ref(&x))
+            .unwrap()
+            .remove(0);
+        exact(&y, &x.to_f64_vec(), &[1, 1, 3, 1, 2, 1], &format!("unsqueeze {dtype}"));
+        assert!(same_buffer(&x, &y), "unsqueeze of a view should stay a view");
     }
     let e = Tensor::zeros(DType::F32, &[0, 3]);
-    let y = run_op(
-        Op::Reshape {
-            shape: vec![3, -1, 5],
-        },
-        &[e],
-    )
-    .unwrap()
-    .remove(0);
+    let y = run_op(Op::Reshape { shape: vec![3, -1, 5] }, &[e]).unwrap().remove(0);
     assert_eq!(y.shape(), &[3, 0, 5]);
 }
 
@@ -211,11 +157,7 @@ fn transpose_permutes_axes_as_a_view_and_empty_perm_reverses() {
         let x = random(&mut r, dtype, &shape);
         let xv = x.to_f64_vec();
         for perm in [vec![], vec![1, 0, 2], vec![2, 0, 1], vec![0, 1, 2]] {
-            let p: Vec<usize> = if perm.is_empty() {
-                vec![2, 1, 0]
-            } else {
-                perm.clone()
-            };
+            let p: Vec<usize> = if perm.is_empty() { vec![2, 1, 0] } else { perm.clone() };
             let out_shape: Vec<usize> = p.iter().map(|&a| shape[a]).collect();
             let want: Vec<f64> = (0..24)
                 .map(|i| {
@@ -227,18 +169,10 @@ fn transpose_permutes_axes_as_a_view_and_empty_perm_reverses() {
                     xv[ravel(&ii, &shape)]
                 })
                 .collect();
-            let y = run_op(
-                Op::Transpose { perm: perm.clone() },
-                std::slice::from_ref(&x),
-            )
-            .unwrap()
-            .remove(0);
-            exact(
-                &y,
-                &want,
-                &out_shape,
-                &format!("transpose {dtype} {perm:?}"),
-            );
+            let y = run_op(Op::Transpose { perm: perm.clone() }, std::slice::from_ref(&x))
+                .unwrap()
+                .remove(0);
+            exact(&y, &want, &out_shape, &format!("transpose {dtype} {perm:?}"));
             assert!(same_buffer(&x, &y));
         }
     }
@@ -260,23 +194,11 @@ fn expand_broadcasts_both_ways_like_onnx() {
             let x = random(&mut r, dtype, xs);
             let xv = x.to_f64_vec();
             let n: usize = out.iter().product();
-            let want: Vec<f64> = (0..n)
-                .map(|i| xv[broadcast_index(&unravel(i, out), xs)])
-                .collect();
-            let y = run_op(
-                Op::Expand {
-                    shape: target.to_vec(),
-                },
-                std::slice::from_ref(&x),
-            )
-            .unwrap()
-            .remove(0);
-            exact(
-                &y,
-                &want,
-                out,
-                &format!("expand {dtype} {xs:?} to {target:?}"),
-            );
+            let want: Vec<f64> = (0..n).map(|i| xv[broadcast_index(&unravel(i, out), xs)]).collect();
+            let y = run_op(Op::Expand { shape: target.to_vec() }, std::slice::from_ref(&x))
+                .unwrap()
+                .remove(0);
+            exact(&y, &want, out, &format!("expand {dtype} {xs:?} to {target:?}"));
         }
     }
 }
@@ -302,13 +224,7 @@ fn slice_indices(dim: usize, start: i64, end: i64, step: i64) -> Vec<usize> {
     out
 }
 
-fn slice_reference(
-    x: &Tensor,
-    starts: &[i64],
-    ends: &[i64],
-    axes: &[i64],
-    steps: &[i64],
-) -> (Vec<f64>, Vec<usize>) {
+fn slice_reference(x: &Tensor, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) -> (Vec<f64>, Vec<usize>) {
     let shape = x.shape();
     let rank = shape.len() as i64;
     let mut per_axis: Vec<Vec<usize>> = shape.iter().map(|&d| (0..d).collect()).collect();
@@ -340,12 +256,7 @@ fn slice_handles_negative_bounds_clamping_and_negative_steps_as_views() {
         (vec![0, 1], vec![i64::MAX, -1], vec![], vec![]),
         (vec![-1], vec![i64::MIN], vec![1], vec![-1]),
         (vec![4, -2], vec![-100, 0], vec![2, 0], vec![-2, -1]),
-        (
-            vec![-100, 1, 7],
-            vec![100, 5, -9],
-            vec![0, 1, -1],
-            vec![2, 3, -3],
-        ),
+        (vec![-100, 1, 7], vec![100, 5, -9], vec![0, 1, -1], vec![2, 3, -3]),
         (vec![3], vec![1], vec![-1], vec![1]),
         (vec![2], vec![2], vec![1], vec![-1]),
         (vec![10], vec![20], vec![2], vec![1]),
@@ -410,12 +321,7 @@ fn concat_joins_strided_and_empty_inputs_along_any_axis() {
                 })
                 .collect();
             let y = run_op(Op::Concat { axis }, &parts).unwrap().remove(0);
-            exact(
-                &y,
-                &want,
-                &out_shape,
-                &format!("concat {dtype} axis {axis}"),
-            );
+            exact(&y, &want, &out_shape, &format!("concat {dtype} axis {axis}"));
         }
     }
 }
@@ -459,15 +365,8 @@ fn split_returns_views_of_each_piece_including_empty_ones() {
         assert_eq!(outs.len(), 3);
         let mut start = 0;
         for (o, &s) in outs.iter().zip(&sizes) {
-            let want: Vec<f64> = (0..4 * s)
-                .map(|i| xv[(i / s) * 7 + start + i % s])
-                .collect();
-            exact(
-                o,
-                &want,
-                &[4, s],
-                &format!("split {dtype} piece at {start}"),
-            );
+            let want: Vec<f64> = (0..4 * s).map(|i| xv[(i / s) * 7 + start + i % s]).collect();
+            exact(o, &want, &[4, s], &format!("split {dtype} piece at {start}"));
             if s > 0 {
                 assert!(same_buffer(&x, o));
             }
@@ -481,12 +380,7 @@ fn split_returns_views_of_each_piece_including_empty_ones() {
             std::slice::from_ref(&x),
         )
         .unwrap();
-        exact(
-            &outs[1],
-            &xv[7..],
-            &[3, 7],
-            &format!("split {dtype} axis 0"),
-        );
+        exact(&outs[1], &xv[7..], &[3, 7], &format!("split {dtype} axis 0"));
     }
 }
 
@@ -519,14 +413,9 @@ fn tile_repeats_along_each_axis() {
                         xv[ravel(&ii, &shape)]
                     })
                     .collect();
-                let y = run_op(
-                    Op::Tile {
-                        repeats: reps.clone(),
-                    },
-                    std::slice::from_ref(&x),
-                )
-                .unwrap()
-                .remove(0);
+                let y = run_op(Op::Tile { repeats: reps.clone() }, std::slice::from_ref(&x))
+                    .unwrap()
+                    .remove(0);
                 exact(
                     &y,
                     &want,
@@ -568,15 +457,9 @@ fn pad_small_examples_match_numpy() {
             .to_vec::<i32>()
             .unwrap()
     };
-    assert_eq!(
-        run(vec![2, 2], PadMode::Reflect, 0.0),
-        vec![3, 2, 1, 2, 3, 2, 1]
-    );
+    assert_eq!(run(vec![2, 2], PadMode::Reflect, 0.0), vec![3, 2, 1, 2, 3, 2, 1]);
     assert_eq!(run(vec![2, 1], PadMode::Edge, 0.0), vec![1, 1, 1, 2, 3, 3]);
-    assert_eq!(
-        run(vec![1, 2], PadMode::Constant, -7.0),
-        vec![-7, 1, 2, 3, -7, -7]
-    );
+    assert_eq!(run(vec![1, 2], PadMode::Constant, -7.0), vec![-7, 1, 2, 3, -7, -7]);
     assert_eq!(run(vec![-1, 1], PadMode::Reflect, 0.0), vec![2, 3, 2]);
     assert_eq!(run(vec![-2, 0], PadMode::Constant, 5.0), vec![3]);
     assert_eq!(run(vec![-1, -2], PadMode::Edge, 0.0), Vec::<i32>::new());
@@ -603,9 +486,7 @@ fn pad_constant_reflect_edge_with_negative_pads_match_reference() {
                     };
                     let xv = x.to_f64_vec();
                     let value = if dtype == DType::Bool { 1.0 } else { 2.0 };
-                    let fill = Tensor::from_f64(dtype, &[value], &[1])
-                        .unwrap()
-                        .to_f64_vec()[0];
+                    let fill = Tensor::from_f64(dtype, &[value], &[1]).unwrap().to_f64_vec()[0];
                     let out_shape: Vec<usize> = (0..3)
                         .map(|a| (shape[a] as i64 + pads[a] + pads[3 + a]) as usize)
                         .collect();
@@ -613,9 +494,8 @@ fn pad_constant_reflect_edge_with_negative_pads_match_reference() {
                     let want: Vec<f64> = (0..n)
                         .map(|i| {
                             let oi = unravel(i, &out_shape);
-                            let ii: Option<Vec<usize>> = (0..3)
-                                .map(|a| pad_ref_index(oi[a], pads[a], shape[a], mode))
-                                .collect();
+                            let ii: Option<Vec<usize>> =
+                                (0..3).map(|a| pad_ref_index(oi[a], pads[a], shape[a], mode)).collect();
                             ii.map_or(fill, |ii| xv[ravel(&ii, &shape)])
                         })
                         .collect();

@@ -212,9 +212,7 @@ fn matmul_handles_permuted_reversed_and_broadcast_views() {
         assert_eq!((a.shape(), b.shape()), (&[4, 3][..], &[3, 5][..]));
         check_matmul(&a, &b, false, false, &format!("{dt} reversed"));
         // Broadcast (stride-0) operands.
-        let a = rand(&mut r, dt, &[1, 3, 4])
-            .broadcast_to(&[3, 3, 4])
-            .unwrap();
+        let a = rand(&mut r, dt, &[1, 3, 4]).broadcast_to(&[3, 3, 4]).unwrap();
         let b = rand(&mut r, dt, &[4, 1]).broadcast_to(&[4, 5]).unwrap();
         check_matmul(&a, &b, false, false, &format!("{dt} broadcast views"));
     }
@@ -224,40 +222,13 @@ fn matmul_handles_permuted_reversed_and_broadcast_views() {
 fn matmul_with_empty_inner_dimension_is_zero_and_empty_outer_is_empty() {
     let mut r = rng(4);
     for dt in [DType::F32, DType::F64, DType::F16, DType::BF16, DType::I32] {
-        let y = run_matmul(
-            &rand(&mut r, dt, &[3, 0]),
-            &rand(&mut r, dt, &[0, 5]),
-            false,
-            false,
-        );
+        let y = run_matmul(&rand(&mut r, dt, &[3, 0]), &rand(&mut r, dt, &[0, 5]), false, false);
         assert_close_tol(&y, &[0.0; 15], &[3, 5], 0.0, 0.0, &format!("{dt} k = 0"));
-        let y = run_matmul(
-            &rand(&mut r, dt, &[2, 3, 0]),
-            &rand(&mut r, dt, &[0, 4]),
-            false,
-            false,
-        );
-        assert_close_tol(
-            &y,
-            &[0.0; 24],
-            &[2, 3, 4],
-            0.0,
-            0.0,
-            &format!("{dt} batched k = 0"),
-        );
-        let y = run_matmul(
-            &rand(&mut r, dt, &[0, 4]),
-            &rand(&mut r, dt, &[4, 5]),
-            false,
-            false,
-        );
+        let y = run_matmul(&rand(&mut r, dt, &[2, 3, 0]), &rand(&mut r, dt, &[0, 4]), false, false);
+        assert_close_tol(&y, &[0.0; 24], &[2, 3, 4], 0.0, 0.0, &format!("{dt} batched k = 0"));
+        let y = run_matmul(&rand(&mut r, dt, &[0, 4]), &rand(&mut r, dt, &[4, 5]), false, false);
         assert_close_tol(&y, &[], &[0, 5], 0.0, 0.0, &format!("{dt} m = 0"));
-        let y = run_matmul(
-            &rand(&mut r, dt, &[0, 3, 4]),
-            &rand(&mut r, dt, &[4, 5]),
-            false,
-            false,
-        );
+        let y = run_matmul(&rand(&mut r, dt, &[0, 3, 4]), &rand(&mut r, dt, &[4, 5]), false, false);
         assert_close_tol(&y, &[], &[0, 3, 5], 0.0, 0.0, &format!("{dt} batch = 0"));
     }
 }
@@ -328,20 +299,14 @@ fn large_and_many_small_matmuls_match_reference() {
         rand(&mut r, DType::F64, &[3, 10, 9]),
     );
     check_matmul(&a, &b, false, false, "f64 broadcast batch 40x3");
-    let (a, b) = (
-        rand(&mut r, DType::I32, &[64, 40]),
-        rand(&mut r, DType::I32, &[40, 48]),
-    );
+    let (a, b) = (rand(&mut r, DType::I32, &[64, 40]), rand(&mut r, DType::I32, &[40, 48]));
     check_matmul(&a, &b, false, false, "i32 64x40 @ 40x48");
 }
 
 #[test]
 fn matmul_kernel_rejects_mismatched_inner_dimensions() {
     let mut r = rng(8);
-    let (a, b) = (
-        rand(&mut r, DType::F32, &[3, 4]),
-        rand(&mut r, DType::F32, &[5, 6]),
-    );
+    let (a, b) = (rand(&mut r, DType::F32, &[3, 4]), rand(&mut r, DType::F32, &[5, 6]));
     let out = TensorType::new(DType::F32, vec![3usize, 6]);
     let err = stitch_cpu::kernels::linalg::matmul(&a, &b, false, false, &out)
         .unwrap_err()
@@ -373,9 +338,7 @@ fn ref_gemm(
         .enumerate()
         .map(|(i, &v)| {
             let idx = unravel(i, &shape);
-            let bias = cv
-                .as_ref()
-                .map_or(0.0, |(cv, cs)| beta * cv[broadcast_index(&idx, cs)]);
+            let bias = cv.as_ref().map_or(0.0, |(cv, cs)| beta * cv[broadcast_index(&idx, cs)]);
             let y = alpha * v + bias;
             if int {
                 wrap(y as i64, a.dtype())
@@ -435,9 +398,7 @@ fn gemm_handles_views_empty_inner_dimension_and_large_sizes() {
     // Non-contiguous a (transposed view) and broadcast c view.
     let a = rand(&mut r, DType::F32, &[6, 3]).transpose(0, 1).unwrap();
     let b = rand(&mut r, DType::F32, &[6, 2]);
-    let c = rand(&mut r, DType::F32, &[2])
-        .broadcast_to(&[3, 2])
-        .unwrap();
+    let c = rand(&mut r, DType::F32, &[2]).broadcast_to(&[3, 2]).unwrap();
     let got = run_op(
         Op::Gemm {
             alpha: 1.5,

@@ -57,10 +57,7 @@ fn softmax_rows_sum_to_one_and_match_reference() {
     for dtype in FLOATS {
         let x = random_range(&mut r, dtype, &[6, 9], -4.0, 4.0);
         check_softmax(&x, -1, false, "softmax");
-        let y = run_op(Op::Softmax { axis: 1 }, &[x])
-            .unwrap()
-            .remove(0)
-            .to_f64_vec();
+        let y = run_op(Op::Softmax { axis: 1 }, &[x]).unwrap().remove(0).to_f64_vec();
         let tol = tolerance(dtype).0 * 10.0;
         for row in y.chunks(9) {
             assert!(
@@ -156,12 +153,7 @@ fn softmax_is_stable_for_large_logits_and_gives_nan_for_fully_masked_rows() {
                 Op::Softmax { axis: -1 }
             };
             let y = run_op(op, std::slice::from_ref(&x)).unwrap().remove(0);
-            assert_close(
-                &y,
-                &want,
-                &[3, 3],
-                &format!("{dtype} extreme rows log {log}"),
-            );
+            assert_close(&y, &want, &[3, 3], &format!("{dtype} extreme rows log {log}"));
             assert!(
                 y.to_f64_vec()[..6].iter().all(|v| !v.is_nan()),
                 "{dtype}: NaN outside the masked row"
@@ -176,25 +168,14 @@ fn softmax_is_stable_for_large_logits_and_gives_nan_for_fully_masked_rows() {
 }
 
 /// Layer norm (or RMS norm when `rms`) of `x` over axes `ax..`, with `scale`/`bias` right-aligned to those axes.
-fn norm_reference(
-    x: &Tensor,
-    scale: &Tensor,
-    bias: Option<&Tensor>,
-    ax: usize,
-    eps: f64,
-    rms: bool,
-) -> Vec<f64> {
+fn norm_reference(x: &Tensor, scale: &Tensor, bias: Option<&Tensor>, ax: usize, eps: f64, rms: bool) -> Vec<f64> {
     let xv = x.to_f64_vec();
     let norm_shape = &x.shape()[ax..];
     let n: usize = norm_shape.iter().product();
     let (sv, bv) = (scale.to_f64_vec(), bias.map(Tensor::to_f64_vec));
     let mut out = vec![0.0; xv.len()];
     for (row, o) in xv.chunks(n.max(1)).zip(out.chunks_mut(n.max(1))) {
-        let mean = if rms {
-            0.0
-        } else {
-            row.iter().sum::<f64>() / n as f64
-        };
+        let mean = if rms { 0.0 } else { row.iter().sum::<f64>() / n as f64 };
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
         for (k, (o, &v)) in o.iter_mut().zip(row).enumerate() {
             let idx = unravel(k, norm_shape);
@@ -237,16 +218,12 @@ fn layer_norm_over_trailing_axes_with_broadcast_scale_and_bias_matches_reference
             let want = norm_reference(&x, &scale, bias.as_ref(), ax, eps, false);
             let mut ins = vec![x, scale];
             ins.extend(bias);
-            let y = run_op(Op::LayerNorm { axis, epsilon: eps }, &ins)
-                .unwrap()
-                .remove(0);
+            let y = run_op(Op::LayerNorm { axis, epsilon: eps }, &ins).unwrap().remove(0);
             assert_close(
                 &y,
                 &want,
                 &shape,
-                &format!(
-                    "layer_norm {dtype} {shape:?} axis {axis} scale {sshape:?} bias {bshape:?}"
-                ),
+                &format!("layer_norm {dtype} {shape:?} axis {axis} scale {sshape:?} bias {bshape:?}"),
             );
         }
     }
@@ -276,15 +253,9 @@ fn layer_norm_stays_accurate_for_offset_inputs_and_strided_views() {
         let scale = random(&mut r, dtype, &[7]).slice(0, 6, -1, -1).unwrap();
         let bias = random(&mut r, dtype, &[1]);
         let want = norm_reference(&x, &scale, Some(&bias), 1, 1e-3, false);
-        let y = run_op(
-            Op::LayerNorm {
-                axis: 1,
-                epsilon: 1e-3,
-            },
-            &[x, scale, bias],
-        )
-        .unwrap()
-        .remove(0);
+        let y = run_op(Op::LayerNorm { axis: 1, epsilon: 1e-3 }, &[x, scale, bias])
+            .unwrap()
+            .remove(0);
         assert_close(&y, &want, &[5, 7], &format!("strided layer_norm {dtype}"));
     }
 }
@@ -310,34 +281,17 @@ fn rms_norm_matches_reference_for_every_dtype_and_axis() {
             let x = random(&mut r, dtype, &shape);
             let scale = random(&mut r, dtype, &sshape);
             let want = norm_reference(&x, &scale, None, ax, 1e-6, true);
-            let y = run_op(
-                Op::RmsNorm {
-                    axis,
-                    epsilon: 1e-6,
-                },
-                &[x, scale],
-            )
-            .unwrap()
-            .remove(0);
-            assert_close(
-                &y,
-                &want,
-                &shape,
-                &format!("rms_norm {dtype} {shape:?} axis {axis}"),
-            );
+            let y = run_op(Op::RmsNorm { axis, epsilon: 1e-6 }, &[x, scale])
+                .unwrap()
+                .remove(0);
+            assert_close(&y, &want, &shape, &format!("rms_norm {dtype} {shape:?} axis {axis}"));
         }
         let x = random(&mut r, dtype, &[6, 4]).permute(&[1, 0]).unwrap();
         let scale = random(&mut r, dtype, &[6]);
         let want = norm_reference(&x, &scale, None, 1, 0.1, true);
-        let y = run_op(
-            Op::RmsNorm {
-                axis: -1,
-                epsilon: 0.1,
-            },
-            &[x, scale],
-        )
-        .unwrap()
-        .remove(0);
+        let y = run_op(Op::RmsNorm { axis: -1, epsilon: 0.1 }, &[x, scale])
+            .unwrap()
+            .remove(0);
         assert_close(&y, &want, &[4, 6], &format!("strided rms_norm {dtype}"));
     }
 }

@@ -99,7 +99,11 @@ impl Region {
         }
         let dtypes = self.expr_dtypes(&inputs.iter().map(|t| t.dtype).collect::<Vec<_>>())?;
         match &self.reduce {
-            None => Ok(self.outputs.iter().map(|&o| TensorType::new(dtypes[o], shape.clone())).collect()),
+            None => Ok(self
+                .outputs
+                .iter()
+                .map(|&o| TensorType::new(dtypes[o], shape.clone()))
+                .collect()),
             Some(r) => {
                 if self.outputs.len() != 1 {
                     return Err("a region with a reduction has exactly one output".into());
@@ -107,7 +111,10 @@ impl Region {
                 if r.axes.iter().any(|&a| a >= shape.rank()) {
                     return Err(format!("reduction axes {:?} out of range for {}", r.axes, shape));
                 }
-                Ok(vec![TensorType::new(dtypes[self.outputs[0]], reduced_shape(&shape, &r.axes, r.keepdims))])
+                Ok(vec![TensorType::new(
+                    dtypes[self.outputs[0]],
+                    reduced_shape(&shape, &r.axes, r.keepdims),
+                )])
             }
         }
     }

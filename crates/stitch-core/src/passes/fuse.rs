@@ -101,7 +101,10 @@ pub fn fuse(graph: &Graph, outputs: &[Value]) -> Result<(Graph, Vec<Value>, Fuse
         } else {
             let first = region[consumers[i][0]];
             match first {
-                Some(root) if consumers[i].iter().all(|&c| region[c] == Some(root)) && space.get(&root) == numel(i).as_ref() => {
+                Some(root)
+                    if consumers[i].iter().all(|&c| region[c] == Some(root))
+                        && space.get(&root) == numel(i).as_ref() =>
+                {
                     Some(root)
                 }
                 _ => None,
@@ -130,12 +133,18 @@ pub fn fuse(graph: &Graph, outputs: &[Value]) -> Result<(Graph, Vec<Value>, Fuse
             Some(r) if r == i => {
                 let m = &members[&r];
                 let (region, inputs) = build_region(graph, m)?;
-                let mapped: Vec<Value> = inputs.iter().map(|v| map[v.node.0 as usize][v.output as usize]).collect();
+                let mapped: Vec<Value> = inputs
+                    .iter()
+                    .map(|v| map[v.node.0 as usize][v.output as usize])
+                    .collect();
                 stats.regions += 1;
                 stats.nodes_fused += m.len();
                 stats.bytes_avoided += m[..m.len() - 1]
                     .iter()
-                    .map(|&j| graph.nodes()[j].outputs[0].shape.numel().unwrap_or(0) * graph.nodes()[j].outputs[0].dtype.size_in_bytes())
+                    .map(|&j| {
+                        graph.nodes()[j].outputs[0].shape.numel().unwrap_or(0)
+                            * graph.nodes()[j].outputs[0].dtype.size_in_bytes()
+                    })
                     .sum::<usize>();
                 let vals = out.add_node(Op::Fused(Arc::new(region)), &mapped)?;
                 out.set_name(vals[0].node, &format!("fused_{}", node.name));
@@ -144,13 +153,20 @@ pub fn fuse(graph: &Graph, outputs: &[Value]) -> Result<(Graph, Vec<Value>, Fuse
             // Inner members are only consumed inside their region.
             Some(_) => Vec::new(),
             None => {
-                let inputs: Vec<Value> = node.inputs.iter().map(|v| map[v.node.0 as usize][v.output as usize]).collect();
+                let inputs: Vec<Value> = node
+                    .inputs
+                    .iter()
+                    .map(|v| map[v.node.0 as usize][v.output as usize])
+                    .collect();
                 out.copy_node(node, &inputs)?
             }
         };
         map.push(values);
     }
-    let outputs = outputs.iter().map(|v| map[v.node.0 as usize][v.output as usize]).collect();
+    let outputs = outputs
+        .iter()
+        .map(|v| map[v.node.0 as usize][v.output as usize])
+        .collect();
     Ok((out, outputs, stats))
 }
 
@@ -186,17 +202,44 @@ fn build_region(graph: &Graph, members: &[usize]) -> Result<(Region, Vec<Value>)
             Op::Cast(d) => Expr::Cast(*d, ops[0]),
             Op::Reduce { op, axes, keepdims } => {
                 let axes = reduction_axes(axes, graph.ty(node.inputs[0])).map_err(crate::Error::invalid)?;
-                reduce = Some(RegionReduce { op: *op, axes, keepdims: *keepdims });
-                expr_of.insert(Value { node: crate::NodeId(m as u32), output: 0 }, ops[0]);
+                reduce = Some(RegionReduce {
+                    op: *op,
+                    axes,
+                    keepdims: *keepdims,
+                });
+                expr_of.insert(
+                    Value {
+                        node: crate::NodeId(m as u32),
+                        output: 0,
+                    },
+                    ops[0],
+                );
                 continue;
             }
             other => return Err(crate::Error::invalid(format!("{} cannot be fused", other.kind()))),
         };
-        expr_of.insert(Value { node: crate::NodeId(m as u32), output: 0 }, exprs.len());
+        expr_of.insert(
+            Value {
+                node: crate::NodeId(m as u32),
+                output: 0,
+            },
+            exprs.len(),
+        );
         exprs.push(expr);
     }
     let root = *members.last().expect("regions have members");
-    let out_expr = expr_of[&Value { node: crate::NodeId(root as u32), output: 0 }];
+    let out_expr = expr_of[&Value {
+        node: crate::NodeId(root as u32),
+        output: 0,
+    }];
     let names = members.iter().map(|&m| graph.nodes()[m].name.clone()).collect();
-    Ok((Region { exprs, outputs: vec![out_expr], reduce, members: names }, inputs))
+    Ok((
+        Region {
+            exprs,
+            outputs: vec![out_expr],
+            reduce,
+            members: names,
+        },
+        inputs,
+    ))
 }

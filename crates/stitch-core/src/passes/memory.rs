@@ -49,7 +49,12 @@ pub struct MemoryPlan {
 pub fn is_view(op: &Op) -> bool {
     matches!(
         op,
-        Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } | Op::Transpose { .. } | Op::Expand { .. } | Op::Slice { .. }
+        Op::Reshape { .. }
+            | Op::Squeeze { .. }
+            | Op::Unsqueeze { .. }
+            | Op::Transpose { .. }
+            | Op::Expand { .. }
+            | Op::Slice { .. }
     )
 }
 
@@ -67,7 +72,10 @@ pub fn plan_memory(graph: &Graph, steps: &[usize], outputs: &[Value]) -> Result<
     for &n in steps {
         let node = &graph.nodes()[n];
         for (o, ty) in node.outputs.iter().enumerate() {
-            let v = Value { node: crate::NodeId(n as u32), output: o as u32 };
+            let v = Value {
+                node: crate::NodeId(n as u32),
+                output: o as u32,
+            };
             if is_external(&node.op) {
                 continue;
             }
@@ -78,15 +86,24 @@ pub fn plan_memory(graph: &Graph, steps: &[usize], outputs: &[Value]) -> Result<
                 }
                 continue;
             }
-            let size = ty
-                .shape
-                .numel()
-                .ok_or_else(|| Error::invalid(format!("memory planning needs concrete shapes; `{}` is {ty}", node.name)))?
-                * ty.dtype.size_in_bytes();
+            let size = ty.shape.numel().ok_or_else(|| {
+                Error::invalid(format!(
+                    "memory planning needs concrete shapes; `{}` is {ty}",
+                    node.name
+                ))
+            })? * ty.dtype.size_in_bytes();
             let step = position[&n];
             owner.insert(v, v);
             order.push(v);
-            plan.slots.insert(v, Slot { offset: 0, size, first: step, last: step });
+            plan.slots.insert(
+                v,
+                Slot {
+                    offset: 0,
+                    size,
+                    first: step,
+                    last: step,
+                },
+            );
         }
     }
     // Extend lifetimes to the last read of the buffer or any of its views.
@@ -138,7 +155,10 @@ pub fn check_no_alias(plan: &MemoryPlan) -> Result<()> {
     let slots: Vec<(&Value, &Slot)> = plan.slots.iter().collect();
     for (i, (va, a)) in slots.iter().enumerate() {
         if a.offset % ALIGN != 0 || a.offset + a.size > plan.peak {
-            return Err(Error::invalid(format!("buffer of {va:?} at {} (+{}) is misplaced", a.offset, a.size)));
+            return Err(Error::invalid(format!(
+                "buffer of {va:?} at {} (+{}) is misplaced",
+                a.offset, a.size
+            )));
         }
         for (vb, b) in &slots[i + 1..] {
             let live_together = a.first <= b.last && b.first <= a.last;

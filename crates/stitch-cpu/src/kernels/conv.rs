@@ -178,14 +178,8 @@ fn values<F: Element>(t: &Tensor) -> Result<Cow<'_, [F]>> {
 fn from_f32_vec(v: Vec<f32>, dtype: DType, shape: &[usize]) -> Result<Tensor> {
     match dtype {
         DType::F32 => Tensor::from_vec(v, shape),
-        DType::F16 => Tensor::from_vec(
-            v.into_par_iter().map(f16::from_f32).collect::<Vec<_>>(),
-            shape,
-        ),
-        DType::BF16 => Tensor::from_vec(
-            v.into_par_iter().map(bf16::from_f32).collect::<Vec<_>>(),
-            shape,
-        ),
+        DType::F16 => Tensor::from_vec(v.into_par_iter().map(f16::from_f32).collect::<Vec<_>>(), shape),
+        DType::BF16 => Tensor::from_vec(v.into_par_iter().map(bf16::from_f32).collect::<Vec<_>>(), shape),
         d => Err(Error::invalid(format!("expected a float dtype, got {d}"))),
     }
 }
@@ -226,10 +220,7 @@ fn im2col<F: Real>(img: &[F], col: &mut [F], g: &ConvGeo, parallel: bool) {
                 if w.stride == 1 {
                     out[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
                 } else {
-                    for (o, &v) in out[lo..hi]
-                        .iter_mut()
-                        .zip(src[first..].iter().step_by(w.stride))
-                    {
+                    for (o, &v) in out[lo..hi].iter_mut().zip(src[first..].iter().step_by(w.stride)) {
                         *o = v;
                     }
                 }
@@ -237,13 +228,9 @@ fn im2col<F: Real>(img: &[F], col: &mut [F], g: &ConvGeo, parallel: bool) {
         }
     };
     if parallel {
-        col.par_chunks_mut(ohw)
-            .enumerate()
-            .for_each(|(r, row)| fill(r, row));
+        col.par_chunks_mut(ohw).enumerate().for_each(|(r, row)| fill(r, row));
     } else {
-        col.chunks_mut(ohw)
-            .enumerate()
-            .for_each(|(r, row)| fill(r, row));
+        col.chunks_mut(ohw).enumerate().for_each(|(r, row)| fill(r, row));
     }
 }
 
@@ -323,13 +310,7 @@ fn conv_typed<F: Real>(x: &[F], wt: &[F], bias: Option<&[F]>, g: &ConvGeo) -> Ve
 }
 
 /// 1-D / 2-D grouped convolution.
-pub fn conv(
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    attrs: &ConvAttrs,
-    out: &TensorType,
-) -> Result<Tensor> {
+pub fn conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, attrs: &ConvAttrs, out: &TensorType) -> Result<Tensor> {
     let out_dims = dims(out)?;
     let (xs, ws) = (x.shape(), w.shape());
     if ws.len() != xs.len() || ws.len() < 3 {
@@ -348,8 +329,7 @@ pub fn conv(
     )?;
     let groups = attrs.groups;
     let (channels, outputs) = (xs[1], ws[0]);
-    if groups == 0 || channels % groups != 0 || outputs % groups != 0 || ws[1] * groups != channels
-    {
+    if groups == 0 || channels % groups != 0 || outputs % groups != 0 || ws[1] * groups != channels {
         return Err(Error::invalid(format!(
             "conv channels do not fit groups = {groups}: input {xs:?}, weight {ws:?}"
         )));
@@ -403,12 +383,7 @@ struct PoolGeo {
     cols: Vec<(Vec<usize>, usize)>,
 }
 
-fn pool_geo(
-    what: &str,
-    x: &Tensor,
-    a: &PoolAttrs,
-    out: &TensorType,
-) -> Result<(PoolGeo, Vec<usize>)> {
+fn pool_geo(what: &str, x: &Tensor, a: &PoolAttrs, out: &TensorType) -> Result<(PoolGeo, Vec<usize>)> {
     let out_dims = dims(out)?;
     if a.kernel.contains(&0) {
         return Err(Error::invalid(format!(
@@ -417,15 +392,7 @@ fn pool_geo(
         )));
     }
     let xs = x.shape();
-    let (h, w) = spatial_axes(
-        what,
-        xs,
-        &a.kernel,
-        &a.strides,
-        &a.pads,
-        &a.dilations,
-        a.ceil_mode,
-    )?;
+    let (h, w) = spatial_axes(what, xs, &a.kernel, &a.strides, &a.pads, &a.dilations, a.ceil_mode)?;
     let mut want = xs[..2].to_vec();
     if xs.len() == 4 {
         want.push(h.output);
@@ -556,8 +523,6 @@ pub fn avg_pool(x: &Tensor, attrs: &PoolAttrs, out: &TensorType) -> Result<Tenso
             d,
             &out_dims,
         ),
-        d => Err(Error::invalid(format!(
-            "avg_pool needs a float input, got {d}"
-        ))),
+        d => Err(Error::invalid(format!("avg_pool needs a float input, got {d}"))),
     }
 }

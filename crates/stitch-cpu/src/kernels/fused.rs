@@ -22,7 +22,9 @@ const TILE: usize = 256;
 /// Runs a fused region.
 pub fn fused(region: &Region, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Vec<Tensor>> {
     if region.outputs.len() != 1 || outputs.len() != 1 {
-        return Err(Error::invalid("fused regions with several outputs are not supported by the CPU backend yet"));
+        return Err(Error::invalid(
+            "fused regions with several outputs are not supported by the CPU backend yet",
+        ));
     }
     if inputs.iter().any(|t| t.rank() > 16) || outputs[0].shape.rank() > 16 {
         return Err(Error::invalid("fused regions support up to 16 dimensions"));
@@ -40,20 +42,30 @@ fn eval<C: Compute>(region: &Region, inputs: &[Tensor], out: &TensorType) -> Res
     let out_dims = dims(out)?;
     match &region.reduce {
         None => {
-            let views: Vec<Tensor> = inputs.iter().map(|t| t.broadcast_to(&out_dims)).collect::<Result<_>>()?;
+            let views: Vec<Tensor> = inputs
+                .iter()
+                .map(|t| t.broadcast_to(&out_dims))
+                .collect::<Result<_>>()?;
             let program = Program::<C>::new(region, &views);
             Ok(vec![elementwise(&program, &out_dims, out.dtype)?])
         }
         Some(r) => {
             let mut shape: Vec<usize> = Vec::new();
             for t in inputs {
-                shape = broadcast(&shape, t.shape())
-                    .ok_or_else(|| Error::invalid(format!("region inputs {:?} and {:?} do not broadcast", shape, t.shape())))?;
+                shape = broadcast(&shape, t.shape()).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "region inputs {:?} and {:?} do not broadcast",
+                        shape,
+                        t.shape()
+                    ))
+                })?;
             }
             let kept: Vec<usize> = (0..shape.len()).filter(|a| !r.axes.contains(a)).collect();
             let perm: Vec<usize> = kept.iter().chain(&r.axes).copied().collect();
-            let views: Vec<Tensor> =
-                inputs.iter().map(|t| t.broadcast_to(&shape)?.permute(&perm)).collect::<Result<_>>()?;
+            let views: Vec<Tensor> = inputs
+                .iter()
+                .map(|t| t.broadcast_to(&shape)?.permute(&perm))
+                .collect::<Result<_>>()?;
             let permuted: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
             let rows: usize = kept.iter().map(|&a| shape[a]).product();
             let len: usize = r.axes.iter().map(|&a| shape[a]).product();
@@ -116,7 +128,12 @@ struct Program<'a, C> {
 impl<'a, C: Compute> Program<'a, C> {
     fn new(region: &'a Region, views: &'a [Tensor]) -> Self {
         let shape = views.first().map(|v| v.shape().to_vec()).unwrap_or_default();
-        Program { region, views, shape, _c: std::marker::PhantomData }
+        Program {
+            region,
+            views,
+            shape,
+            _c: std::marker::PhantomData,
+        }
     }
 
     /// Evaluates flat elements `start..start + n` (n <= TILE) of the iteration
@@ -157,7 +174,7 @@ fn round_to(v: f64, dtype: DType) -> f64 {
         DType::F16 => half::f16::from_f64(v).to_f64(),
         DType::BF16 => half::bf16::from_f64(v).to_f64(),
         DType::Bool => (v != 0.0) as u8 as f64,
-        other => dispatch_dtype!(other, T => T::from_f64(v).to_f64()),
+        other => dispatch_dtype!(other, T => Element::to_f64(<T as Element>::from_f64(v))),
     }
 }
 
@@ -310,7 +327,7 @@ fn store<C: Compute>(dtype: DType, src: &[C], dst: &mut [u8]) {
     dispatch_dtype!(dtype, T => {
         let out: &mut [T] = bytemuck::cast_slice_mut(dst);
         for (o, &v) in out.iter_mut().zip(src) {
-            *o = T::from_f64(v.to_f64());
+            *o = <T as Element>::from_f64(Compute::to_f64(v));
         }
     })
 }
@@ -321,18 +338,22 @@ fn elementwise<C: Compute>(p: &Program<C>, out_dims: &[usize], dtype: DType) -> 
     let mut buffer = Buffer::zeroed(total * es);
     let chunk = PAR_CHUNK.div_ceil(TILE) * TILE;
     let nexprs = p.region.exprs.len();
-    buffer.as_bytes_mut().par_chunks_mut(chunk * es).enumerate().for_each(|(ci, out)| {
-        let mut regs = vec![C::default(); nexprs * TILE];
-        let base = ci * chunk;
-        let n_here = out.len() / es;
-        let mut t = 0;
-        while t < n_here {
-            let n = TILE.min(n_here - t);
-            let o = p.run_tile(base + t, n, &mut regs);
-            store(dtype, &regs[o * TILE..o * TILE + n], &mut out[t * es..(t + n) * es]);
-            t += n;
-        }
-    });
+    buffer
+        .as_bytes_mut()
+        .par_chunks_mut(chunk * es)
+        .enumerate()
+        .for_each(|(ci, out)| {
+            let mut regs = vec![C::default(); nexprs * TILE];
+            let base = ci * chunk;
+            let n_here = out.len() / es;
+            let mut t = 0;
+            while t < n_here {
+                let n = TILE.min(n_here - t);
+                let o = p.run_tile(base + t, n, &mut regs);
+                store(dtype, &regs[o * TILE..o * TILE + n], &mut out[t * es..(t + n) * es]);
+                t += n;
+            }
+        });
     Ok(Tensor::from_buffer(buffer, dtype, out_dims))
 }
 
@@ -392,7 +413,11 @@ fn reduce<C: Compute>(
 ) -> Result<Tensor> {
     // Split long rows into segments so that few-row reductions still use every thread.
     let threads = rayon::current_num_threads().max(1);
-    let segments = if rows >= 2 * threads { 1 } else { (2 * threads).div_ceil(rows.max(1)).min(len.div_ceil(TILE)).max(1) };
+    let segments = if rows >= 2 * threads {
+        1
+    } else {
+        (2 * threads).div_ceil(rows.max(1)).min(len.div_ceil(TILE)).max(1)
+    };
     let seg_len = len.div_ceil(segments).div_ceil(TILE) * TILE;
     let nexprs = p.region.exprs.len();
     let partials: Vec<Acc> = (0..rows * segments)

@@ -16,13 +16,7 @@ use super::{dims, PAR_CHUNK};
 /// The indices of an i32/i64 tensor in row-major order, with negative ones
 /// wrapped once, checked to lie in `[-n, n)` (in parallel: index tensors can be
 /// as large as the data).
-fn resolve_indices(
-    t: &Tensor,
-    n: usize,
-    ax: usize,
-    data_shape: &[usize],
-    what: &str,
-) -> Result<Vec<usize>> {
+fn resolve_indices(t: &Tensor, n: usize, ax: usize, data_shape: &[usize], what: &str) -> Result<Vec<usize>> {
     fn resolve<I: Copy + Into<i64> + Sync>(
         idx: &[I],
         n: usize,
@@ -62,11 +56,8 @@ fn resolve_indices(
 pub fn gather(data: &Tensor, indices: &Tensor, axis: i64, out: &TensorType) -> Result<Tensor> {
     let shape = dims(out)?;
     let ds = data.shape();
-    let ax = normalize_axis(axis, data.rank()).ok_or_else(|| {
-        Error::invalid(format!(
-            "gather axis {axis} out of range for data shape {ds:?}"
-        ))
-    })?;
+    let ax = normalize_axis(axis, data.rank())
+        .ok_or_else(|| Error::invalid(format!("gather axis {axis} out of range for data shape {ds:?}")))?;
     let mut expect = ds[..ax].to_vec();
     expect.extend_from_slice(indices.shape());
     expect.extend_from_slice(&ds[ax + 1..]);
@@ -316,11 +307,8 @@ pub fn one_hot(
 ) -> Result<Tensor> {
     let shape = dims(out)?;
     let is = indices.shape();
-    let ax = normalize_axis(axis, is.len() + 1).ok_or_else(|| {
-        Error::invalid(format!(
-            "one_hot axis {axis} out of range for indices {is:?}"
-        ))
-    })?;
+    let ax = normalize_axis(axis, is.len() + 1)
+        .ok_or_else(|| Error::invalid(format!("one_hot axis {axis} out of range for indices {is:?}")))?;
     let mut expect = is.to_vec();
     expect.insert(ax, depth);
     if expect != shape || !indices.dtype().is_int() {
@@ -389,14 +377,10 @@ fn range_int<T: FromI64>(start: i64, delta: i64, dtype: DType, n: usize) -> Tens
 pub fn range(start: f64, delta: f64, dtype: DType, out: &TensorType) -> Result<Tensor> {
     let shape = dims(out)?;
     let [n] = shape[..] else {
-        return Err(Error::invalid(format!(
-            "range output must be 1-D, got {shape:?}"
-        )));
+        return Err(Error::invalid(format!("range output must be 1-D, got {shape:?}")));
     };
     if !dtype.is_numeric() {
-        return Err(Error::invalid(format!(
-            "range dtype must be numeric, got {dtype}"
-        )));
+        return Err(Error::invalid(format!("range dtype must be numeric, got {dtype}")));
     }
     const LIM: f64 = 9.2e18; // comfortably inside i64
     let whole = |v: f64| v.fract() == 0.0 && v.abs() < LIM;

@@ -50,11 +50,7 @@ pub(crate) fn raw<U: Element>(t: &Tensor) -> &[U] {
 
 /// A new contiguous tensor of `dtype` and `shape` whose elements (viewed as `U`,
 /// of the dtype's size) are written by `fill`.
-pub(crate) fn new_tensor<U: Element>(
-    dtype: DType,
-    shape: &[usize],
-    fill: impl FnOnce(&mut [U]),
-) -> Tensor {
+pub(crate) fn new_tensor<U: Element>(dtype: DType, shape: &[usize], fill: impl FnOnce(&mut [U])) -> Tensor {
     debug_assert_eq!(std::mem::size_of::<U>(), dtype.size_in_bytes());
     let n: usize = shape.iter().product();
     let mut buf = Buffer::zeroed(n * dtype.size_in_bytes());
@@ -65,11 +61,7 @@ pub(crate) fn new_tensor<U: Element>(
 /// Runs `f(first_row, rows)` over `out` cut into whole rows of `row_len`
 /// elements, in parallel when the work is large. Each task gets about
 /// `PAR_CHUNK` elements.
-pub(crate) fn par_rows<T: Send>(
-    out: &mut [T],
-    row_len: usize,
-    f: impl Fn(usize, &mut [T]) + Sync + Send,
-) {
+pub(crate) fn par_rows<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
     if row_len == 0 || out.is_empty() {
         return;
     }
@@ -118,12 +110,7 @@ pub(crate) struct RowCursor<'a> {
 
 impl<'a> RowCursor<'a> {
     /// A cursor at row `linear` of `shape`, offsets starting from `base`.
-    pub(crate) fn at(
-        shape: &'a [usize],
-        strides: &'a [isize],
-        base: isize,
-        mut linear: usize,
-    ) -> Self {
+    pub(crate) fn at(shape: &'a [usize], strides: &'a [isize], base: isize, mut linear: usize) -> Self {
         let mut index = vec![0; shape.len()];
         let mut offset = base;
         for ax in (0..shape.len()).rev() {
@@ -221,11 +208,7 @@ pub(crate) fn contiguous_slice<U: Element>(x: &Tensor) -> &[U] {
 
 /// Strides that let `shape` view the same elements as the layout
 /// (`old_shape`, `old_strides`) in row-major order, if such strides exist.
-fn reshape_strides(
-    old_shape: &[usize],
-    old_strides: &[isize],
-    shape: &[usize],
-) -> Option<Vec<isize>> {
+fn reshape_strides(old_shape: &[usize], old_strides: &[isize], shape: &[usize]) -> Option<Vec<isize>> {
     let (os, ost) = coalesce(old_shape, old_strides);
     // Walk the new dims, matching each against the coalesced old axes: a run
     // of new dims may subdivide one old axis, but never straddle two.
@@ -286,13 +269,7 @@ pub fn expand(x: &Tensor, out: &TensorType) -> Result<Tensor> {
 }
 
 /// ONNX slice. A view (negative steps give negative strides).
-pub fn slice(
-    x: &Tensor,
-    starts: &[i64],
-    ends: &[i64],
-    axes: &[i64],
-    steps: &[i64],
-) -> Result<Tensor> {
+pub fn slice(x: &Tensor, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64]) -> Result<Tensor> {
     let params = slice_params(x.rank(), starts, ends, axes, steps).map_err(Error::invalid)?;
     let mut shape = Vec::with_capacity(x.rank());
     let mut strides = Vec::with_capacity(x.rank());
@@ -301,11 +278,7 @@ pub fn slice(
         let (first, count) = slice_range(x.shape()[ax], s, e, st);
         shape.push(count);
         // A single element needs no stride; this also avoids overflow for huge steps.
-        strides.push(if count > 1 {
-            x.strides()[ax] * st as isize
-        } else {
-            0
-        });
+        strides.push(if count > 1 { x.strides()[ax] * st as isize } else { 0 });
         if count > 0 {
             offset += first as isize * x.strides()[ax];
         }
@@ -323,11 +296,8 @@ pub fn concat(xs: &[Tensor], axis: i64, out: &TensorType) -> Result<Tensor> {
         .first()
         .ok_or_else(|| Error::invalid("concat needs at least one input"))?;
     let dtype = first.dtype();
-    let ax = normalize_axis(axis, shape.len()).ok_or_else(|| {
-        Error::invalid(format!(
-            "concat axis {axis} out of range for output shape {shape:?}"
-        ))
-    })?;
+    let ax = normalize_axis(axis, shape.len())
+        .ok_or_else(|| Error::invalid(format!("concat axis {axis} out of range for output shape {shape:?}")))?;
     let mut total = 0;
     for x in xs {
         let ok = x.dtype() == dtype
@@ -376,12 +346,8 @@ pub fn concat(xs: &[Tensor], axis: i64, out: &TensorType) -> Result<Tensor> {
 
 /// Split along `axis` into views.
 pub fn split(x: &Tensor, axis: i64, sizes: &[usize]) -> Result<Vec<Tensor>> {
-    let ax = normalize_axis(axis, x.rank()).ok_or_else(|| {
-        Error::invalid(format!(
-            "split axis {axis} out of range for shape {:?}",
-            x.shape()
-        ))
-    })?;
+    let ax = normalize_axis(axis, x.rank())
+        .ok_or_else(|| Error::invalid(format!("split axis {axis} out of range for shape {:?}", x.shape())))?;
     let sum: usize = sizes.iter().sum();
     if sum != x.shape()[ax] {
         return Err(Error::invalid(format!(
@@ -405,12 +371,7 @@ pub fn split(x: &Tensor, axis: i64, sizes: &[usize]) -> Result<Vec<Tensor>> {
 /// `[0, s0, 0, s1, ..]`, whose row-major order is exactly the tiled output.
 pub fn tile(x: &Tensor, repeats: &[usize], out: &TensorType) -> Result<Tensor> {
     let shape = dims(out)?;
-    let expect: Vec<usize> = x
-        .shape()
-        .iter()
-        .zip(repeats)
-        .map(|(&d, &r)| d * r)
-        .collect();
+    let expect: Vec<usize> = x.shape().iter().zip(repeats).map(|(&d, &r)| d * r).collect();
     if repeats.len() != x.rank() || expect != shape {
         return Err(Error::invalid(format!(
             "tile of {:?} by {repeats:?} does not give output shape {shape:?}",
@@ -455,13 +416,7 @@ fn pad_source(o: usize, begin: i64, n: usize, mode: PadMode) -> Option<usize> {
 }
 
 /// Pad (constant / reflect / edge); negative pads crop.
-pub fn pad(
-    x: &Tensor,
-    pads: &[i64],
-    mode: PadMode,
-    value: f64,
-    out: &TensorType,
-) -> Result<Tensor> {
+pub fn pad(x: &Tensor, pads: &[i64], mode: PadMode, value: f64, out: &TensorType) -> Result<Tensor> {
     let shape = dims(out)?;
     let rank = x.rank();
     if pads.len() != 2 * rank || shape.len() != rank {

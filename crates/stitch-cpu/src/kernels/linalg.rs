@@ -164,16 +164,8 @@ impl Plan {
         let r = ba.len().max(bb.len());
         let mut batch = Vec::with_capacity(r);
         for i in 0..r {
-            let da = if i + ba.len() >= r {
-                ba[i + ba.len() - r]
-            } else {
-                1
-            };
-            let db = if i + bb.len() >= r {
-                bb[i + bb.len() - r]
-            } else {
-                1
-            };
+            let da = if i + ba.len() >= r { ba[i + ba.len() - r] } else { 1 };
+            let db = if i + bb.len() >= r { bb[i + bb.len() - r] } else { 1 };
             batch.push(match (da, db) {
                 _ if da == db => da,
                 (1, d) | (d, 1) => d,
@@ -235,13 +227,7 @@ impl Plan {
 
 /// `dst := dst_scale·dst + prod_scale·(a @ b)` for every batch matrix, with
 /// `dst` the contiguous `batch ++ [m, n]` result.
-fn float_product<T: GemmFloat>(
-    p: &Plan,
-    dst: &mut [T],
-    read_dst: bool,
-    dst_scale: f64,
-    prod_scale: f64,
-) -> Result<()> {
+fn float_product<T: GemmFloat>(p: &Plan, dst: &mut [T], read_dst: bool, dst_scale: f64, prod_scale: f64) -> Result<()> {
     let (m, n, k) = (p.m, p.n, p.k);
     let mn = m * n;
     if mn == 0 {
@@ -280,10 +266,7 @@ fn float_product<T: GemmFloat>(
         }
     };
     let threads = rayon::current_num_threads();
-    if batches > 1
-        && batches * flops >= PAR_FLOPS
-        && (flops < BIG_MATRIX_FLOPS || batches >= threads)
-    {
+    if batches > 1 && batches * flops >= PAR_FLOPS && (flops < BIG_MATRIX_FLOPS || batches >= threads) {
         let min_len = (PAR_FLOPS / flops.max(1)).max(1);
         dst.par_chunks_mut(mn)
             .with_min_len(min_len)
@@ -389,13 +372,7 @@ fn check_out(full: &[usize], want: &[usize], what: &str) -> Result<()> {
 }
 
 /// Batched matmul with broadcasting and optional transposes.
-pub fn matmul(
-    a: &Tensor,
-    b: &Tensor,
-    transpose_a: bool,
-    transpose_b: bool,
-    out: &TensorType,
-) -> Result<Tensor> {
+pub fn matmul(a: &Tensor, b: &Tensor, transpose_a: bool, transpose_b: bool, out: &TensorType) -> Result<Tensor> {
     let out_dims = dims(out)?;
     if a.dtype() != b.dtype() {
         return Err(Error::invalid(format!(
@@ -523,9 +500,7 @@ pub fn gemm(
             int_product::<$t>(&p, &mut v);
             let al = <$t>::from_f64(alpha);
             if alpha != 1.0 {
-                v.par_iter_mut()
-                    .with_min_len(PAR_CHUNK)
-                    .for_each(|x| *x = al.wmul(*x));
+                v.par_iter_mut().with_min_len(PAR_CHUNK).for_each(|x| *x = al.wmul(*x));
             }
             if let Some(c) = c {
                 let cm = bias_matrix::<$t>(c, m, n)?;

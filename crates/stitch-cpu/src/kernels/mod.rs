@@ -145,6 +145,8 @@ pub fn execute(op: &Op, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Vec
         Op::MaxPool(a) => one(conv::max_pool(&inputs[0], a, out)),
         Op::AvgPool(a) => one(conv::avg_pool(&inputs[0], a, out)),
 
+        Op::Fused(region) => fused::fused(region, inputs, outputs),
+
         Op::Sdpa(_)
         | Op::Placeholder { .. }
         | Op::Constant(_)

@@ -140,14 +140,7 @@ fn softmax_row<T: NormElem>(x: &[T], y: &mut [T], scratch: &mut [T::A], log: boo
 
 /// Softmax of a contiguous `[n, inner]` block along its first axis, with
 /// column vectors of statistics so every inner loop is unit-stride.
-fn softmax_block<T: NormElem>(
-    x: &[T],
-    y: &mut [T],
-    n: usize,
-    m: &mut [T::A],
-    s: &mut [f64],
-    log: bool,
-) {
+fn softmax_block<T: NormElem>(x: &[T], y: &mut [T], n: usize, m: &mut [T::A], s: &mut [f64], log: bool) {
     let inner = m.len();
     m.fill(T::A::NEG_INF);
     s.fill(0.0);
@@ -168,11 +161,7 @@ fn softmax_block<T: NormElem>(
     for (xr, yr) in x.chunks_exact(inner).zip(y.chunks_exact_mut(inner)).take(n) {
         for (((o, &v), &mi), &si) in yr.iter_mut().zip(xr).zip(m.iter()).zip(s.iter()) {
             let d = v.to_acc() - mi;
-            *o = T::from_acc(if log {
-                d - T::A::of(si)
-            } else {
-                d.exp() * T::A::of(si)
-            });
+            *o = T::from_acc(if log { d - T::A::of(si) } else { d.exp() * T::A::of(si) });
         }
     }
 }
@@ -211,14 +200,7 @@ fn softmax_t<T: NormElem>(x: &Tensor, ax: usize, log: bool) -> Result<Tensor> {
                 let mut m = vec![T::A::NEG_INF; inner];
                 let mut s = vec![0f64; inner];
                 for (b, blk) in chunk.chunks_mut(block).enumerate() {
-                    softmax_block(
-                        &src[(first + b) * block..][..block],
-                        blk,
-                        n,
-                        &mut m,
-                        &mut s,
-                        log,
-                    );
+                    softmax_block(&src[(first + b) * block..][..block], blk, n, &mut m, &mut s, log);
                 }
             })
         }
@@ -226,12 +208,7 @@ fn softmax_t<T: NormElem>(x: &Tensor, ax: usize, log: bool) -> Result<Tensor> {
 }
 
 /// `p` broadcast to the normalised trailing shape, contiguous, in the compute type.
-fn param<T: NormElem>(
-    p: &Tensor,
-    norm_shape: &[usize],
-    what: &str,
-    x: &Tensor,
-) -> Result<Vec<T::A>> {
+fn param<T: NormElem>(p: &Tensor, norm_shape: &[usize], what: &str, x: &Tensor) -> Result<Vec<T::A>> {
     if p.dtype() != x.dtype() || p.rank() > norm_shape.len() {
         return Err(Error::invalid(format!(
             "{what} {} {:?} does not fit the normalised axes {norm_shape:?} of {} input {:?}",
@@ -242,34 +219,17 @@ fn param<T: NormElem>(
         )));
     }
     let b = contiguous(&p.broadcast_to(norm_shape)?);
-    Ok(contiguous_slice::<T>(&b)
-        .iter()
-        .map(|&v| v.to_acc())
-        .collect())
+    Ok(contiguous_slice::<T>(&b).iter().map(|&v| v.to_acc()).collect())
 }
 
 /// Layer norm over axes `axis..rank`.
-pub fn layer_norm(
-    x: &Tensor,
-    scale: &Tensor,
-    bias: Option<&Tensor>,
-    axis: i64,
-    epsilon: f64,
-) -> Result<Tensor> {
-    dispatch_float!(
-        x.dtype(),
-        "layer_norm",
-        norm_t(x, scale, bias, axis, epsilon, false)
-    )
+pub fn layer_norm(x: &Tensor, scale: &Tensor, bias: Option<&Tensor>, axis: i64, epsilon: f64) -> Result<Tensor> {
+    dispatch_float!(x.dtype(), "layer_norm", norm_t(x, scale, bias, axis, epsilon, false))
 }
 
 /// RMS norm over axes `axis..rank`.
 pub fn rms_norm(x: &Tensor, scale: &Tensor, axis: i64, epsilon: f64) -> Result<Tensor> {
-    dispatch_float!(
-        x.dtype(),
-        "rms_norm",
-        norm_t(x, scale, None, axis, epsilon, true)
-    )
+    dispatch_float!(x.dtype(), "rms_norm", norm_t(x, scale, None, axis, epsilon, true))
 }
 
 /// Layer norm (`rms = false`: `(x - mean) / sqrt(var + eps) * scale + bias`) or
@@ -291,9 +251,7 @@ fn norm_t<T: NormElem>(
     let norm_shape = &shape[ax..];
     let n: usize = norm_shape.iter().product();
     let sc = param::<T>(scale, norm_shape, "scale", x)?;
-    let bi = bias
-        .map(|b| param::<T>(b, norm_shape, "bias", x))
-        .transpose()?;
+    let bi = bias.map(|b| param::<T>(b, norm_shape, "bias", x)).transpose()?;
     let x = contiguous(x);
     let src = contiguous_slice::<T>(&x);
     let inv_n = 1.0 / n as f64;
@@ -302,12 +260,7 @@ fn norm_t<T: NormElem>(
             for (r, row) in chunk.chunks_mut(n).enumerate() {
                 let xr = &src[(first + r) * n..][..n];
                 if rms {
-                    let ms = xr
-                        .iter()
-                        .map(|&v| v.to_acc().wide())
-                        .map(|v| v * v)
-                        .sum::<f64>()
-                        * inv_n;
+                    let ms = xr.iter().map(|&v| v.to_acc().wide()).map(|v| v * v).sum::<f64>() * inv_n;
                     let inv = T::A::of(1.0 / (ms + eps).sqrt());
                     for ((o, &v), &s) in row.iter_mut().zip(xr).zip(&sc) {
                         *o = T::from_acc(v.to_acc() * inv * s);
@@ -316,12 +269,7 @@ fn norm_t<T: NormElem>(
                     // Two passes (mean, then squared deviations) in f64: no
                     // cancellation even when |mean| >> std.
                     let mean = xr.iter().map(|&v| v.to_acc().wide()).sum::<f64>() * inv_n;
-                    let var = xr
-                        .iter()
-                        .map(|&v| v.to_acc().wide() - mean)
-                        .map(|d| d * d)
-                        .sum::<f64>()
-                        * inv_n;
+                    let var = xr.iter().map(|&v| v.to_acc().wide() - mean).map(|d| d * d).sum::<f64>() * inv_n;
                     let inv = T::A::of(1.0 / (var + eps).sqrt());
                     // Centre in f64 too, then scale in the compute type.
                     let centred = |v: T| T::A::of(v.to_acc().wide() - mean);
