@@ -181,6 +181,23 @@ impl Element for f64 {
         v
     }
 }
+/// f64 → f32 rounding to odd: the result is the f32 toward zero with its last
+/// bit set when inexact. Rounding that value again to a narrower float (f16,
+/// bf16) gives the correctly rounded result, with no double-rounding error.
+#[inline]
+pub fn f64_to_f32_round_odd(v: f64) -> f32 {
+    let f = v as f32;
+    if v.is_nan() || f as f64 == v {
+        return f;
+    }
+    let toward_zero = if (f as f64).abs() > v.abs() {
+        f32::from_bits(f.to_bits() - 1)
+    } else {
+        f
+    };
+    f32::from_bits(toward_zero.to_bits() | 1)
+}
+
 impl Element for half::f16 {
     const DTYPE: DType = DType::F16;
     #[inline]
@@ -189,7 +206,7 @@ impl Element for half::f16 {
     }
     #[inline]
     fn from_f64(v: f64) -> Self {
-        half::f16::from_f64(v)
+        half::f16::from_f32(f64_to_f32_round_odd(v))
     }
 }
 impl Element for half::bf16 {
@@ -200,7 +217,7 @@ impl Element for half::bf16 {
     }
     #[inline]
     fn from_f64(v: f64) -> Self {
-        half::bf16::from_f64(v)
+        half::bf16::from_f32(f64_to_f32_round_odd(v))
     }
 }
 impl Element for Bool8 {
@@ -297,6 +314,22 @@ mod tests {
         assert_eq!(u8::from_f64(-1.5), 0);
         assert_eq!(i32::from_f64(f64::NAN), 0);
         assert_eq!(i32::from_f64(-2.7), -2);
+    }
+
+    #[test]
+    fn half_conversions_from_f64_round_correctly_just_above_a_tie() {
+        // 1 + 2^-11 is the f16 midpoint between 1 and 1 + 2^-10; a hair above must round up.
+        let v = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+        assert_eq!(<half::f16 as Element>::from_f64(v).to_f64(), 1.0 + 2f64.powi(-10));
+        assert_ne!(
+            half::f16::from_f64(v).to_f64(),
+            1.0 + 2f64.powi(-10),
+            "half's own conversion double-rounds"
+        );
+        let w = 1.0 + 2f64.powi(-8) + 2f64.powi(-40);
+        assert_eq!(<half::bf16 as Element>::from_f64(w).to_f64(), 1.0 + 2f64.powi(-7));
+        // Exact ties still go to even.
+        assert_eq!(<half::f16 as Element>::from_f64(1.0 + 2f64.powi(-11)).to_f64(), 1.0);
     }
 
     #[test]

@@ -325,14 +325,19 @@ fn out_buffer<O: Element>(n: usize) -> Buffer {
     Buffer::zeroed(n * O::DTYPE.size_in_bytes())
 }
 
+/// A row body of [`for_each_row`]: `(out_row, bases, strides)`.
+pub(crate) type RowFn<'a, O, const N: usize> = dyn Fn(&mut [O], [usize; N], [isize; N]) + Sync + 'a;
+
 /// Fills a new contiguous tensor of `out_dims` by rows. `ins` must already be
 /// broadcast to `out_dims`. `row(out_row, bases, strides)` gets, per operand,
 /// the buffer offset of the row's first element and the element stride along
-/// the row (0 for a broadcast operand, possibly negative).
+/// the row (0 for a broadcast operand, possibly negative). `row` is a trait
+/// object (one indirect call per row) so that this walk is compiled once per
+/// output type and arity, not once per kernel (see [`par_chunks`]).
 pub(crate) fn for_each_row<O: Element, const N: usize>(
     out_dims: &[usize],
     ins: [&Tensor; N],
-    row: impl Fn(&mut [O], [usize; N], [isize; N]) + Sync,
+    row: &RowFn<'_, O, N>,
 ) -> Tensor {
     let n: usize = out_dims.iter().product();
     if n == 0 {
@@ -370,10 +375,12 @@ pub(crate) fn for_each_row<O: Element, const N: usize>(
     let inner_strides: [isize; N] = std::array::from_fn(|k| *strides[k].last().expect("non-empty"));
     let offsets: [isize; N] = std::array::from_fn(|k| ins[k].offset() as isize);
 
-    let process = |first_row: usize, chunk: &mut [O]| {
-        // Odometer over the outer axes, started at `first_row`.
+    // Fills `chunk`, which starts at output element `first`; chunks may start
+    // and end inside a row (long rows are split so they spread over threads).
+    let process = |first: usize, chunk: &mut [O]| {
+        // Odometer over the outer axes, started at the chunk's first row.
         let mut idx = vec![0usize; outer.len()];
-        let mut rem = first_row;
+        let mut rem = first / inner;
         for ax in (0..outer.len()).rev() {
             idx[ax] = rem % outer[ax];
             rem /= outer[ax];
@@ -386,8 +393,15 @@ pub(crate) fn for_each_row<O: Element, const N: usize>(
                     .map(|(&i, &s)| i as isize * s)
                     .sum::<isize>()
         });
-        for out_row in chunk.chunks_mut(inner) {
-            row(out_row, bases.map(|b| b as usize), inner_strides);
+        let mut col = first % inner;
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let len = (inner - col).min(rest.len());
+            let (seg, tail) = rest.split_at_mut(len);
+            let starts: [usize; N] = std::array::from_fn(|k| (bases[k] + col as isize * inner_strides[k]) as usize);
+            row(seg, starts, inner_strides);
+            rest = tail;
+            col = 0;
             for ax in (0..outer.len()).rev() {
                 idx[ax] += 1;
                 for k in 0..N {
@@ -406,16 +420,29 @@ pub(crate) fn for_each_row<O: Element, const N: usize>(
 
     let mut buf = out_buffer::<O>(n);
     let out = buf.as_slice_mut::<O>();
-    let rows_per_chunk = (PAR_CHUNK / inner).max(1);
-    let chunk_len = rows_per_chunk * inner;
-    if n <= chunk_len {
-        process(0, out);
+    let chunk_len = if inner >= PAR_CHUNK {
+        PAR_CHUNK
     } else {
-        out.par_chunks_mut(chunk_len)
-            .enumerate()
-            .for_each(|(c, chunk)| process(c * rows_per_chunk, chunk));
-    }
+        (PAR_CHUNK / inner) * inner
+    };
+    par_chunks(out, chunk_len, &process);
     Tensor::from_buffer(buf, O::DTYPE, out_dims)
+}
+
+/// Runs `f(first, chunk)` over `out` in chunks of `chunk` elements (`first` is
+/// the chunk's first index), in parallel when there is more than one chunk.
+///
+/// `f` is a trait object so that rayon's machinery is instantiated once per
+/// element type rather than once per kernel closure: with hundreds of kernel
+/// instantiations (ops × dtypes, casts between every dtype pair) that keeps the
+/// crate's compile time reasonable. One indirect call per chunk costs nothing.
+pub(crate) fn par_chunks<T: Send>(out: &mut [T], chunk: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
+    let chunk = chunk.max(1);
+    if out.len() <= chunk {
+        f(0, out);
+    } else {
+        out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| f(c * chunk, o));
+    }
 }
 
 #[inline(always)]
@@ -431,7 +458,7 @@ pub(crate) fn map1<T: Element, O: Element>(
 ) -> Result<Tensor> {
     let x = x.broadcast_to(out_dims)?;
     let d = x.buffer().as_slice::<T>();
-    Ok(for_each_row(out_dims, [&x], |o, [b], [s]| {
+    Ok(for_each_row(out_dims, [&x], &|o, [b], [s]| {
         if s == 1 {
             let n = o.len();
             for (o, &v) in o.iter_mut().zip(&d[b..b + n]) {
@@ -455,7 +482,7 @@ pub(crate) fn map2<T: Element, O: Element>(
     let a = a.broadcast_to(out_dims)?;
     let b = b.broadcast_to(out_dims)?;
     let (da, db) = (a.buffer().as_slice::<T>(), b.buffer().as_slice::<T>());
-    Ok(for_each_row(out_dims, [&a, &b], |o, [oa, ob], [sa, sb]| {
+    Ok(for_each_row(out_dims, [&a, &b], &|o, [oa, ob], [sa, sb]| {
         let n = o.len();
         match (sa, sb) {
             (1, 1) => {
@@ -535,7 +562,9 @@ fn unary_float<T: FloatElem>(op: UnaryOp, x: &Tensor, od: &[usize]) -> Result<Te
         // `v < 0` is false for NaN, so NaN passes through.
         UnaryOp::Relu => go!(|v| if v < zero { zero } else { v }),
         UnaryOp::Gelu => go!(|v| half * v * (one + (v * frac_1_sqrt_2).erf())),
-        UnaryOp::GeluTanh => go!(|v| half * v * (one + (sqrt_2_over_pi * (v + gelu_k * v * v * v)).tanh())),
+        UnaryOp::GeluTanh => {
+            go!(|v| half * v * (one + (sqrt_2_over_pi * (v + gelu_k * v * v * v)).tanh()))
+        }
         UnaryOp::Silu => go!(|v| v / (one + (-v).exp())),
         UnaryOp::Floor => go!(|v| v.floor()),
         UnaryOp::Ceil => go!(|v| v.ceil()),
@@ -749,7 +778,7 @@ pub fn where_(cond: &Tensor, a: &Tensor, b: &Tensor, out: &TensorType) -> Result
     let b = b.broadcast_to(&od)?;
     stitch_core::dispatch_dtype!(a.dtype(), T => {
         let (dc, da, db) = (c.buffer().as_slice::<Bool8>(), a.buffer().as_slice::<T>(), b.buffer().as_slice::<T>());
-        Ok(for_each_row(&od, [&c, &a, &b], |o: &mut [T], [oc, oa, ob], [sc, sa, sb]| {
+        Ok(for_each_row(&od, [&c, &a, &b], &|o: &mut [T], [oc, oa, ob], [sc, sa, sb]| {
             let n = o.len();
             if (sc, sa, sb) == (1, 1, 1) {
                 for (((o, c), &x), &y) in o.iter_mut().zip(&dc[oc..oc + n]).zip(&da[oa..oa + n]).zip(&db[ob..ob + n]) {
@@ -799,26 +828,6 @@ fn i128_to_f64_odd(v: i128) -> f64 {
     }
 }
 
-/// `v` rounded to f32 with round-to-odd. f32 has 24 bits, at least 2 more
-/// than twice f16's 11 and bf16's 8, so rounding this to f16/bf16 (which half
-/// does correctly from f32) gives the correctly rounded result. half's own
-/// `from_f64` drops the low 32 mantissa bits first and can round a value just
-/// above a midpoint down.
-fn f64_to_f32_odd(v: f64) -> f32 {
-    let f = v as f32;
-    if v.is_nan() || f as f64 == v {
-        return f;
-    }
-    // Truncate toward zero (one step down in magnitude if rounding went up),
-    // then mark the result inexact in its last bit.
-    let t = if (f as f64).abs() > v.abs() {
-        f32::from_bits(f.to_bits() - 1)
-    } else {
-        f
-    };
-    f32::from_bits(t.to_bits() | 1)
-}
-
 macro_rules! impl_cast_float {
     ($t:ty, |$f:ident| $from_float:expr, |$i:ident| $from_int:expr) => {
         impl CastElem for $t {
@@ -839,12 +848,16 @@ macro_rules! impl_cast_float {
 // Rust's `as` from integers to floats rounds to nearest, ties to even.
 impl_cast_float!(f32, |f| f as f32, |i| i as f32);
 impl_cast_float!(f64, |f| f, |i| i as f64);
-impl_cast_float!(half::f16, |f| half::f16::from_f32(f64_to_f32_odd(f)), |i| {
-    half::f16::from_f32(f64_to_f32_odd(i128_to_f64_odd(i)))
-});
-impl_cast_float!(half::bf16, |f| half::bf16::from_f32(f64_to_f32_odd(f)), |i| {
-    half::bf16::from_f32(f64_to_f32_odd(i128_to_f64_odd(i)))
-});
+impl_cast_float!(
+    half::f16,
+    |f| half::f16::from_f32(stitch_core::dtype::f64_to_f32_round_odd(f)),
+    |i| { half::f16::from_f32(stitch_core::dtype::f64_to_f32_round_odd(i128_to_f64_odd(i))) }
+);
+impl_cast_float!(
+    half::bf16,
+    |f| half::bf16::from_f32(stitch_core::dtype::f64_to_f32_round_odd(f)),
+    |i| half::bf16::from_f32(stitch_core::dtype::f64_to_f32_round_odd(i128_to_f64_odd(i)))
+);
 
 macro_rules! impl_cast_int {
     ($($t:ty),*) => {$(
@@ -884,6 +897,7 @@ impl CastElem for Bool8 {
 
 /// Convert to `to`.
 pub fn cast(x: &Tensor, to: DType) -> Result<Tensor> {
+    // Same dtype: nothing to convert (bools still normalise their bytes to 0/1).
     if to == x.dtype() && to != DType::Bool {
         return Ok(x.clone());
     }
