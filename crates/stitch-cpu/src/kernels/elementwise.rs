@@ -1,6 +1,6 @@
 //! Elementwise kernels: unary, binary with numpy broadcasting, where, cast, clamp.
 //!
-//! Every kernel goes through one strided walk ([`for_each_row`]): operands are
+//! Every kernel goes through one strided walk (`for_each_row`): operands are
 //! broadcast to the output shape as views (stride 0 on broadcast axes), axes
 //! that are contiguous for every operand are merged, and the output is filled
 //! row by row along the last merged axis, in parallel chunks of rows. Row

@@ -5,6 +5,7 @@
 //! layout ops). Kernels return `Error::Invalid` with a message; the backend
 //! wraps it with the node's name.
 
+pub mod attention;
 pub mod conv;
 pub mod elementwise;
 pub mod fused;
@@ -38,6 +39,7 @@ pub fn has_fused(op: &Op) -> bool {
             | Op::Unary(UnaryOp::Gelu | UnaryOp::GeluTanh | UnaryOp::Silu | UnaryOp::Sigmoid | UnaryOp::Rsqrt)
             | Op::Clamp { .. }
             | Op::Gemm { .. }
+            | Op::Sdpa(_)
     )
 }
 
@@ -146,15 +148,20 @@ pub fn execute(op: &Op, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Vec
         Op::AvgPool(a) => one(conv::avg_pool(&inputs[0], a, out)),
 
         Op::Fused(region) => fused::fused(region, inputs, outputs),
+        Op::Sdpa(attrs) => one(attention::sdpa(
+            &inputs[0],
+            &inputs[1],
+            &inputs[2],
+            inputs.get(3),
+            attrs,
+            out,
+        )),
 
-        Op::Sdpa(_)
-        | Op::Placeholder { .. }
-        | Op::Constant(_)
-        | Op::ReadVariable(_)
-        | Op::Assign(_)
-        | Op::SliceUpdate(_) => Err(Error::invalid(format!(
-            "{} is not a CPU kernel (decomposed or run by the executor)",
-            op.kind()
-        ))),
+        Op::Placeholder { .. } | Op::Constant(_) | Op::ReadVariable(_) | Op::Assign(_) | Op::SliceUpdate(_) => {
+            Err(Error::invalid(format!(
+                "{} is not a CPU kernel (decomposed or run by the executor)",
+                op.kind()
+            )))
+        }
     }
 }
