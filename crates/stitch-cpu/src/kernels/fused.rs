@@ -14,7 +14,7 @@ use stitch_core::ops::{BinaryOp, ReduceOp, UnaryOp};
 use stitch_core::{dispatch_dtype, Buffer, DType, Element, Error, Result, Tensor, TensorType};
 
 use super::elementwise::{max_nan, min_nan, Real};
-use super::{dims, PAR_CHUNK};
+use super::{dims, simd_math, PAR_CHUNK};
 
 /// Elements per tile: small enough that all of a region's registers stay in L1/L2.
 const TILE: usize = 256;
@@ -94,6 +94,12 @@ fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 pub(crate) trait Compute: Real + Default {
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
+    /// Evaluates `op` over a tile with a vectorised kernel where this type has
+    /// one (`simd_math`); returns false to fall back to the element loop.
+    #[inline(always)]
+    fn unary_simd(_op: UnaryOp, _a: &[Self], _dst: &mut [Self]) -> bool {
+        false
+    }
 }
 impl Compute for f32 {
     #[inline(always)]
@@ -103,6 +109,17 @@ impl Compute for f32 {
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self as f64
+    }
+    #[inline(always)]
+    fn unary_simd(op: UnaryOp, a: &[f32], dst: &mut [f32]) -> bool {
+        match op {
+            UnaryOp::Exp => simd_math::exp_f32(a, dst),
+            UnaryOp::Tanh => simd_math::tanh_f32(a, dst),
+            UnaryOp::Sigmoid => simd_math::sigmoid_f32(a, dst),
+            UnaryOp::Silu => simd_math::silu_f32(a, dst),
+            _ => return false,
+        }
+        true
     }
 }
 impl Compute for f64 {
@@ -238,6 +255,9 @@ fn load_typed<T: Element, C: Compute>(view: &Tensor, shape: &[usize], start: usi
 }
 
 fn unary<C: Compute>(op: UnaryOp, a: &[C], dst: &mut [C]) {
+    if C::unary_simd(op, a, dst) {
+        return;
+    }
     let c = C::from_f64;
     let (zero, one, half) = (C::ZERO, C::ONE, c(0.5));
     macro_rules! map {

@@ -14,6 +14,7 @@ pub mod layout;
 pub mod linalg;
 pub mod normalization;
 pub mod reduce;
+pub mod simd_math;
 
 use stitch_core::ops::{Op, UnaryOp};
 use stitch_core::{Error, Result, Tensor, TensorType};

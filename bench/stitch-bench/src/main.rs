@@ -1,0 +1,141 @@
+//! The stitch side of the numpy benchmark (see `bench/run.sh`).
+//!
+//! `bench/numpy_peer.py` writes the inputs as `.npy` files, times numpy, then
+//! runs this binary on the same files. For each case it loads the inputs with
+//! `stitch_core::npy`, builds the graph with the graph API, compiles it for the
+//! CPU backend with the default options (fusion on), runs it once to warm up
+//! (plan specialisation, page faults, thread pool start), times `runs` further
+//! runs, writes the last output as `.npy` for the driver to check against
+//! numpy, and prints one JSON line per case with every run's time in seconds.
+//! Threads come from rayon's global pool, so `RAYON_NUM_THREADS` limits them.
+//!
+//! Usage:
+//!   stitch-bench matmul DIR N RUNS   # DIR/mm_a_N.npy @ DIR/mm_b_N.npy -> DIR/mm_c_N_stitch.npy
+//!   stitch-bench chain DIR RUNS [--unfused]
+//!       # y = tanh(x*a + b) * sigmoid(x) - 0.5*x on DIR/chain_{x,a,b}.npy -> DIR/chain_y_stitch.npy
+//!       # (`a`, `b` are rank-0 f32 inputs, broadcast over x)
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use stitch_core::npy::{load_npy, save_npy};
+use stitch_core::{CompileOptions, Executable, Graph, Result, Tensor};
+use stitch_cpu::CpuBackend;
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("stitch-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> std::result::Result<(), String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: stitch-bench matmul DIR N RUNS | stitch-bench chain DIR RUNS [--unfused]";
+    let num = |s: Option<&String>, what: &str| -> std::result::Result<usize, String> {
+        s.ok_or_else(|| format!("missing {what}; {usage}"))?
+            .parse::<usize>()
+            .map_err(|e| format!("bad {what}: {e}"))
+    };
+    match args.first().map(String::as_str) {
+        Some("matmul") => {
+            let dir = PathBuf::from(args.get(1).ok_or(usage)?);
+            let n = num(args.get(2), "N")?;
+            let runs = num(args.get(3), "RUNS")?;
+            matmul(&dir, n, runs).map_err(|e| e.to_string())
+        }
+        Some("chain") => {
+            let dir = PathBuf::from(args.get(1).ok_or(usage)?);
+            let runs = num(args.get(2), "RUNS")?;
+            let fuse = !args.iter().any(|a| a == "--unfused");
+            chain(&dir, runs, fuse).map_err(|e| e.to_string())
+        }
+        _ => Err(usage.to_string()),
+    }
+}
+
+/// Runs `exe` once to warm up, then `runs` timed times; returns the times and the last outputs.
+fn time_runs(exe: &Executable, inputs: &[(&str, Tensor)], runs: usize) -> Result<(Vec<f64>, Vec<Tensor>)> {
+    let mut state = exe.new_state();
+    let mut out = exe.run(inputs, &mut state)?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        // Free the previous output before the next run allocates its own, as a
+        // loop calling numpy with fresh results would.
+        drop(out);
+        let t0 = Instant::now();
+        out = exe.run(inputs, &mut state)?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    Ok((times, out))
+}
+
+fn json_times(times: &[f64]) -> String {
+    let parts: Vec<String> = times.iter().map(|t| format!("{t:.6}")).collect();
+    format!("[{}]", parts.join(","))
+}
+
+fn matmul(dir: &Path, n: usize, runs: usize) -> Result<()> {
+    let a = load_npy(&dir.join(format!("mm_a_{n}.npy")))?;
+    let b = load_npy(&dir.join(format!("mm_b_{n}.npy")))?;
+    let mut g = Graph::new();
+    let pa = g.placeholder("a", a.dtype(), a.shape().to_vec());
+    let pb = g.placeholder("b", b.dtype(), b.shape().to_vec());
+    let c = g.matmul(pa, pb)?;
+    let exe = Executable::compile(&g, &[c], Arc::new(CpuBackend::new()), CompileOptions::default())?;
+    let (times, out) = time_runs(&exe, &[("a", a), ("b", b)], runs)?;
+    save_npy(&dir.join(format!("mm_c_{n}_stitch.npy")), &out[0])?;
+    println!(
+        "{{\"case\":\"matmul\",\"n\":{n},\"threads\":{},\"times\":{}}}",
+        threads(),
+        json_times(&times)
+    );
+    Ok(())
+}
+
+fn chain(dir: &Path, runs: usize, fuse: bool) -> Result<()> {
+    let x = load_npy(&dir.join("chain_x.npy"))?;
+    let a = load_npy(&dir.join("chain_a.npy"))?;
+    let b = load_npy(&dir.join("chain_b.npy"))?;
+    let mut g = Graph::new();
+    let px = g.placeholder("x", x.dtype(), x.shape().to_vec());
+    let pa = g.placeholder("a", a.dtype(), a.shape().to_vec());
+    let pb = g.placeholder("b", b.dtype(), b.shape().to_vec());
+    // y = tanh(x*a + b) * sigmoid(x) - 0.5*x
+    let xa = g.mul(px, pa)?;
+    let xab = g.add(xa, pb)?;
+    let t = g.tanh(xab)?;
+    let s = g.sigmoid(px)?;
+    let ts = g.mul(t, s)?;
+    let half = g.scalar(x.dtype(), 0.5);
+    let hx = g.mul(half, px)?;
+    let y = g.sub(ts, hx)?;
+    let options = CompileOptions {
+        fuse,
+        ..CompileOptions::default()
+    };
+    let exe = Executable::compile(&g, &[y], Arc::new(CpuBackend::new()), options)?;
+    let inputs = [("x", x), ("a", a), ("b", b)];
+    let (times, out) = time_runs(&exe, &inputs, runs)?;
+    // What the compiler made of the chain, so the report can show it was fused.
+    let types: Vec<_> = inputs
+        .iter()
+        .map(|(_, t)| stitch_core::passes::specialize::type_of(t))
+        .collect();
+    let plan = exe.plan_for(&types)?;
+    save_npy(&dir.join("chain_y_stitch.npy"), &out[0])?;
+    println!(
+        "{{\"case\":\"chain\",\"fused\":{fuse},\"regions\":{},\"steps\":{},\"threads\":{},\"times\":{}}}",
+        plan.report.fusion.regions,
+        plan.report.steps,
+        threads(),
+        json_times(&times)
+    );
+    Ok(())
+}
+
+/// Threads of rayon's global pool, which the CPU backend uses.
+fn threads() -> usize {
+    rayon::current_num_threads()
+}
