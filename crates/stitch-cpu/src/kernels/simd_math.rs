@@ -105,6 +105,7 @@ trait Kernel {
 /// low mantissa bits of the sum.
 const ROUNDER: f32 = 12_582_912.0;
 /// ln 2 with 9 significant bits, so that k·LN2_HI is exact for |k| < 2^15.
+#[allow(clippy::excessive_precision)] // exactly representable: 355 / 512
 const LN2_HI: f32 = 0.693_359_375;
 /// The rest of ln 2.
 const LN2_LO: f32 = (std::f64::consts::LN_2 - 0.693_359_375) as f32;
@@ -580,6 +581,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn public_functions_use_a_supported_level_and_match_it() {
         let xs: Vec<f32> = (-300..300).map(|i| i as f32 * 0.37).collect();
         let best = *levels().last().expect("the baseline level always exists");
