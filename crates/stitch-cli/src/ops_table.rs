@@ -149,6 +149,18 @@ pub fn catalog() -> Vec<(&'static str, Op)> {
     v.push(("conv", Op::MaxPool(PoolAttrs::new(&[2]))));
     v.push(("conv", Op::AvgPool(PoolAttrs::new(&[2]))));
     v.push(("attention", Op::Sdpa(SdpaAttrs::default())));
+    v.push((
+        "quant",
+        Op::Dequantize {
+            format: stitch_core::QuantFormat::Q4_0,
+        },
+    ));
+    v.push((
+        "quant",
+        Op::QuantMatMul {
+            format: stitch_core::QuantFormat::Q4_0,
+        },
+    ));
     v.push(("state", Op::Placeholder { name: String::new() }));
     v.push(("state", Op::ReadVariable(stitch_core::VarId(0))));
     v.push(("state", Op::Assign(stitch_core::VarId(0))));

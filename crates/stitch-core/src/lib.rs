@@ -40,6 +40,7 @@ pub mod graph;
 pub mod npy;
 pub mod ops;
 pub mod passes;
+pub mod quant;
 pub mod shape;
 pub mod tensor;
 
@@ -50,5 +51,6 @@ pub use error::{Error, Result};
 pub use exec::{Backend, CompileOptions, CompileReport, Executable, Plan, State};
 pub use graph::{Graph, Node, NodeId, TensorType, Value, VarId, Variable};
 pub use ops::Op;
+pub use quant::QuantFormat;
 pub use shape::{Dim, Shape};
 pub use tensor::{Buffer, Tensor};

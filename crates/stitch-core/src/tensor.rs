@@ -14,10 +14,33 @@ use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::shape::{contiguous_strides, Shape};
 
-/// An 8-byte aligned, reference-counted byte buffer in host memory.
+/// Bytes owned elsewhere (a memory-mapped file, say) that a [`Buffer`] can borrow
+/// without copying. Implemented for anything that derefs to bytes and is shareable.
+pub trait ExternalBytes: Send + Sync {
+    /// The bytes.
+    fn bytes(&self) -> &[u8];
+}
+
+impl<T: AsRef<[u8]> + Send + Sync> ExternalBytes for T {
+    fn bytes(&self) -> &[u8] {
+        self.as_ref()
+    }
+}
+
+#[derive(Clone)]
+enum Storage {
+    /// Host memory owned by the buffer, 8-byte aligned.
+    Owned(Vec<u64>),
+    /// A read-only window `[offset, offset + len)` of external bytes (e.g. a
+    /// memory-mapped weight file). Writing first copies it into `Owned`.
+    External { bytes: Arc<dyn ExternalBytes>, offset: usize },
+}
+
+/// An 8-byte aligned, reference-counted byte buffer in host memory, either owned or
+/// borrowed zero-copy from external bytes such as a memory-mapped file.
 #[derive(Clone)]
 pub struct Buffer {
-    words: Vec<u64>,
+    storage: Storage,
     len: usize,
 }
 
@@ -25,7 +48,7 @@ impl Buffer {
     /// A zero-filled buffer of `len` bytes.
     pub fn zeroed(len: usize) -> Buffer {
         Buffer {
-            words: vec![0u64; len.div_ceil(8)],
+            storage: Storage::Owned(vec![0u64; len.div_ceil(8)]),
             len,
         }
     }
@@ -34,6 +57,29 @@ impl Buffer {
         let mut b = Buffer::zeroed(bytes.len());
         b.as_bytes_mut().copy_from_slice(bytes);
         b
+    }
+    /// A zero-copy window `[offset, offset + len)` of `bytes` (for example a memory
+    /// map). The window must lie inside the bytes; when its start is not 8-byte
+    /// aligned the bytes are copied instead, so typed views stay aligned.
+    pub fn from_external(bytes: Arc<dyn ExternalBytes>, offset: usize, len: usize) -> Result<Buffer> {
+        let total = bytes.bytes().len();
+        let end = offset.checked_add(len).filter(|&e| e <= total).ok_or_else(|| {
+            Error::Invalid(format!(
+                "external buffer window {offset}..{offset}+{len} lies outside its {total} bytes"
+            ))
+        })?;
+        let start = bytes.bytes()[offset..end].as_ptr();
+        if (start as usize) % 8 != 0 {
+            return Ok(Buffer::from_bytes(&bytes.bytes()[offset..end]));
+        }
+        Ok(Buffer {
+            storage: Storage::External { bytes, offset },
+            len,
+        })
+    }
+    /// True when the bytes are borrowed from external memory (not yet copied).
+    pub fn is_external(&self) -> bool {
+        matches!(self.storage, Storage::External { .. })
     }
     /// Length in bytes.
     pub fn len(&self) -> usize {
@@ -45,11 +91,22 @@ impl Buffer {
     }
     /// The bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice(&self.words)[..self.len]
+        match &self.storage {
+            Storage::Owned(words) => &bytemuck::cast_slice(words)[..self.len],
+            Storage::External { bytes, offset } => &bytes.bytes()[*offset..*offset + self.len],
+        }
     }
-    /// The bytes, mutably.
+    /// The bytes, mutably (external bytes are copied into owned memory first).
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
-        &mut bytemuck::cast_slice_mut(&mut self.words)[..self.len]
+        if let Storage::External { .. } = self.storage {
+            let mut words = vec![0u64; self.len.div_ceil(8)];
+            bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..self.len].copy_from_slice(self.as_bytes());
+            self.storage = Storage::Owned(words);
+        }
+        match &mut self.storage {
+            Storage::Owned(words) => &mut bytemuck::cast_slice_mut(words)[..self.len],
+            Storage::External { .. } => unreachable!("converted to owned above"),
+        }
     }
     /// The buffer viewed as elements of `T` (the byte length must be a multiple of its size).
     pub fn as_slice<T: Element>(&self) -> &[T] {
@@ -61,7 +118,7 @@ impl Buffer {
     }
     /// Address of the first byte (for identity checks in tests and the profiler).
     pub fn as_ptr(&self) -> *const u8 {
-        self.words.as_ptr() as *const u8
+        self.as_bytes().as_ptr()
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`indexing`]: gather, gather_elements, scatter_elements, one_hot, range;
 //! - [`conv`]: conv1d/2d, max and average pooling;
 //! - [`attention`]: scaled dot-product attention (composite);
+//! - [`quant`]: dequantize and quant_matmul on packed block-quantized weights;
 //! - [`state`]: placeholders, constants, variables (read, assign, slice_update).
 //!
 //! Inference here is written over [`Dim`](crate::Dim) so it serves both the
@@ -23,11 +24,13 @@ pub mod indexing;
 pub mod layout;
 pub mod linalg;
 pub mod normalization;
+pub mod quant;
 pub mod reduce;
 pub mod state;
 
 use crate::dtype::DType;
 use crate::graph::{Graph, TensorType, Value, VarId};
+use crate::quant::QuantFormat;
 use crate::tensor::Tensor;
 use crate::Result;
 
@@ -179,6 +182,10 @@ pub enum Op {
     // ---- attention (composite) ----
     /// Scaled dot-product attention. Inputs `[q, k, v, mask?]`.
     Sdpa(SdpaAttrs),
+    /// Expand a packed block-quantized weight to f32 (see [`quant`]).
+    Dequantize { format: QuantFormat },
+    /// `x @ dequantize(w)^T` on a packed weight (composite; see [`quant`]).
+    QuantMatMul { format: QuantFormat },
 }
 
 impl Op {
@@ -225,6 +232,8 @@ impl Op {
             Op::AvgPool(_) => "avg_pool".into(),
             Op::Sdpa(_) => "sdpa".into(),
             Op::Fused(_) => "fused".into(),
+            Op::Dequantize { .. } => "dequantize".into(),
+            Op::QuantMatMul { .. } => "quant_matmul".into(),
         }
     }
 
@@ -245,6 +254,7 @@ impl Op {
                 | Op::Sdpa(_)
                 | Op::Unary(UnaryOp::Gelu | UnaryOp::GeluTanh | UnaryOp::Silu | UnaryOp::Sigmoid | UnaryOp::Rsqrt)
                 | Op::Clamp { .. }
+                | Op::QuantMatMul { .. }
         )
     }
 
@@ -285,6 +295,7 @@ impl Op {
             Op::Conv(_) | Op::MaxPool(_) | Op::AvgPool(_) => conv::infer(self, inputs),
             Op::Sdpa(_) => attention::infer(self, inputs),
             Op::Fused(r) => r.infer(inputs),
+            Op::Dequantize { .. } | Op::QuantMatMul { .. } => quant::infer(self, inputs),
         }
     }
 
@@ -302,6 +313,7 @@ impl Op {
                 Some(elementwise::decompose_unary(*u, g, inputs))
             }
             Op::Clamp { min, max } => Some(elementwise::decompose_clamp(*min, *max, g, inputs)),
+            Op::QuantMatMul { format } => Some(quant::decompose(*format, g, inputs)),
             _ => None,
         }
     }
