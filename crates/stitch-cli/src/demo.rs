@@ -286,6 +286,13 @@ pub fn format_compile_report(r: &stitch_core::CompileReport) -> String {
     );
     let _ = writeln!(
         s,
+        "  placement: {} nodes fell back to another backend, {} copies moving {:.2} MiB per run",
+        r.placement.fallback_nodes,
+        r.placement.copies,
+        r.placement.copy_bytes as f64 / (1 << 20) as f64
+    );
+    let _ = writeln!(
+        s,
         "  memory: {} steps, peak planned {:.2} MiB (without reuse {:.2} MiB)",
         r.steps,
         r.peak_bytes as f64 / (1 << 20) as f64,

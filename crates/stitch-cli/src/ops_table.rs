@@ -165,15 +165,13 @@ pub fn catalog() -> Vec<(&'static str, Op)> {
     v.push(("state", Op::ReadVariable(stitch_core::VarId(0))));
     v.push(("state", Op::Assign(stitch_core::VarId(0))));
     v.push(("state", Op::SliceUpdate(stitch_core::VarId(0))));
+    v.push(("state", Op::Copy { to: 0 }));
     v
 }
 
 /// How `backend` runs `op`.
 pub fn coverage(backend: &dyn Backend, op: &Op) -> &'static str {
-    if matches!(
-        op,
-        Op::Placeholder { .. } | Op::Constant(_) | Op::ReadVariable(_) | Op::Assign(_) | Op::SliceUpdate(_)
-    ) {
+    if op.is_executor_op() {
         return "executor";
     }
     let node = Node {

@@ -33,6 +33,15 @@ pub trait Backend: Send + Sync {
     }
     /// Runs `node` (whose output types are concrete) on `inputs`.
     fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Vec<Tensor>>;
+    /// Moves a host tensor into this backend's memory (a copy step of the plan;
+    /// host backends return it as is).
+    fn upload(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(t.clone())
+    }
+    /// Moves a tensor of this backend to host memory (host backends return it as is).
+    fn download(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(t.clone())
+    }
 }
 
 /// Options for [`Executable::compile`].
@@ -119,6 +128,8 @@ pub struct CompileReport {
     pub merged: usize,
     /// Fusion results.
     pub fusion: passes::fuse::FuseStats,
+    /// Fallbacks and copies between backends.
+    pub placement: passes::place::PlaceStats,
     /// Peak of planned intermediate memory (bytes), with reuse.
     pub peak_bytes: usize,
     /// Intermediate memory without reuse (bytes).
@@ -140,6 +151,8 @@ pub struct Plan {
     pub outputs: Vec<Value>,
     /// Nodes to execute, in order.
     pub steps: Vec<usize>,
+    /// Backend index (into [`Executable::backends`]) of each node of `graph`.
+    pub devices: Vec<usize>,
     /// For each node, how many times each of its outputs is consumed by steps and outputs.
     uses: Vec<Vec<u32>>,
 }
@@ -148,7 +161,7 @@ pub struct Plan {
 pub struct Executable {
     graph: Graph,
     outputs: Vec<Value>,
-    backend: Arc<dyn Backend>,
+    backends: Vec<Arc<dyn Backend>>,
     options: CompileOptions,
     plans: Mutex<HashMap<Vec<TensorType>, Arc<Plan>>>,
 }
@@ -156,7 +169,10 @@ pub struct Executable {
 impl std::fmt::Debug for Executable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Executable")
-            .field("backend", &self.backend.name())
+            .field(
+                "backends",
+                &self.backends.iter().map(|b| b.name().to_string()).collect::<Vec<_>>(),
+            )
             .field("outputs", &self.outputs)
             .finish()
     }
@@ -174,6 +190,23 @@ impl Executable {
         backend: Arc<dyn Backend>,
         options: CompileOptions,
     ) -> Result<Executable> {
+        Executable::compile_placed(graph, outputs, vec![backend], options)
+    }
+
+    /// Like [`Executable::compile`] with an ordered list of backends: the first is
+    /// the primary; a node it cannot run falls back to the first later backend
+    /// that can, with explicit copy steps between them (see
+    /// [`passes::place`]). Fallbacks and copies are counted in each plan's
+    /// [`CompileReport::placement`].
+    pub fn compile_placed(
+        graph: &Graph,
+        outputs: &[Value],
+        backends: Vec<Arc<dyn Backend>>,
+        options: CompileOptions,
+    ) -> Result<Executable> {
+        if backends.is_empty() {
+            return Err(Error::invalid("an executable needs at least one backend"));
+        }
         for v in outputs {
             if v.node.0 as usize >= graph.nodes().len() || v.output as usize >= graph.node(v.node).outputs.len() {
                 return Err(Error::invalid(format!("output {v:?} is not a value of this graph")));
@@ -181,13 +214,9 @@ impl Executable {
         }
         let live = passes::prune::live_nodes(graph, outputs);
         for (node, _) in graph.nodes().iter().zip(&live).filter(|(_, l)| **l) {
-            let handled_by_executor = matches!(
-                node.op,
-                Op::Placeholder { .. } | Op::Constant(_) | Op::ReadVariable(_) | Op::Assign(_) | Op::SliceUpdate(_)
-            );
-            if !handled_by_executor && !node.op.is_composite() && !backend.supports(node) {
+            if !node.op.is_executor_op() && !node.op.is_composite() && !backends.iter().any(|b| b.supports(node)) {
                 return Err(Error::Unsupported {
-                    backend: backend.name().to_string(),
+                    backend: backends.iter().map(|b| b.name()).collect::<Vec<_>>().join(", "),
                     node: node.name.clone(),
                     op: node.op.kind(),
                     message: "no kernel for this op and no decomposition".into(),
@@ -197,10 +226,15 @@ impl Executable {
         Ok(Executable {
             graph: graph.clone(),
             outputs: outputs.to_vec(),
-            backend,
+            backends,
             options,
             plans: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The backends, primary first.
+    pub fn backends(&self) -> &[Arc<dyn Backend>] {
+        &self.backends
     }
 
     /// The source graph.
@@ -230,7 +264,8 @@ impl Executable {
         let (concrete, outputs, rewritten) =
             passes::rewrite::rewrite(&concrete, &self.outputs, &[&passes::rewrite::attention_to_sdpa()])?;
         report.rewritten = rewritten;
-        let backend = self.backend.clone();
+        let primary = self.backends[0].clone();
+        let backend = primary.clone();
         let decompose_all = self.options.decompose_all;
         let keep = move |n: &Node| !decompose_all && backend.supports(n);
         report.decomposed = concrete
@@ -242,7 +277,7 @@ impl Executable {
         report.nodes_after.push(("decompose", graph.nodes().len()));
         let (graph, outputs) = passes::dce::dce(&graph, &outputs)?;
         let (graph, outputs, folded) =
-            passes::fold_constants::fold_constants(&graph, &outputs, self.backend.as_ref(), Default::default())?;
+            passes::fold_constants::fold_constants(&graph, &outputs, self.folder(), Default::default())?;
         report.folded = folded;
         report.nodes_after.push(("fold_constants", graph.nodes().len()));
         let (graph, outputs, merged) = passes::cse::cse(&graph, &outputs)?;
@@ -250,14 +285,26 @@ impl Executable {
         report.nodes_after.push(("cse", graph.nodes().len()));
         let (graph, outputs) = passes::dce::dce(&graph, &outputs)?;
         report.nodes_after.push(("dce", graph.nodes().len()));
-        let (graph, outputs) = if self.options.fuse && !self.options.decompose_all && self.backend.supports_fusion() {
-            let (g, o, stats) = passes::fuse::fuse(&graph, &outputs)?;
+        let (graph, outputs) = if self.options.fuse && !self.options.decompose_all && primary.supports_fusion() {
+            let (g, o, stats) = passes::fuse::fuse_where(&graph, &outputs, &|n| primary.supports(n))?;
             report.fusion = stats;
             report.nodes_after.push(("fuse", g.nodes().len()));
             (g, o)
         } else {
             (graph, outputs)
         };
+        let names: Vec<&str> = self.backends.iter().map(|b| b.name()).collect();
+        let backends = &self.backends;
+        let (graph, outputs, placement) = passes::place::place(
+            &graph,
+            &outputs,
+            backends.len(),
+            &|b, n| backends[b].supports(n),
+            &names,
+        )?;
+        report.placement = placement.stats;
+        report.nodes_after.push(("place", graph.nodes().len()));
+        let devices = placement.devices;
         let live = passes::prune::live_nodes(&graph, &outputs);
         let steps: Vec<usize> = (0..graph.nodes().len()).filter(|&i| live[i]).collect();
         let mut uses: Vec<Vec<u32>> = graph.nodes().iter().map(|n| vec![0; n.outputs.len()]).collect();
@@ -282,6 +329,7 @@ impl Executable {
             graph,
             outputs,
             steps,
+            devices,
             uses,
         });
         self.plans
@@ -289,6 +337,12 @@ impl Executable {
             .map_err(|_| Error::invalid("plan cache poisoned"))?
             .insert(input_types.to_vec(), plan.clone());
         Ok(plan)
+    }
+
+    /// The backend that folds constants at compile time: the last one (the most
+    /// general fallback, the CPU in practice).
+    fn folder(&self) -> &dyn Backend {
+        self.backends.last().expect("at least one backend").as_ref()
     }
 
     /// Runs the graph on `inputs` (by placeholder name), reading and updating `state`.
@@ -385,7 +439,12 @@ impl Executable {
                         .map_err(|e| Error::node(node.name.clone(), "slice_update", e.to_string()))?;
                     vec![]
                 }
-                _ => self.backend.execute(node, &args)?,
+                Op::Copy { to } => {
+                    let from = plan.devices[node.inputs[0].node.0 as usize];
+                    let host = self.backends[from].download(&args[0])?;
+                    vec![self.backends[*to].upload(&host)?]
+                }
+                _ => self.backends[plan.devices[i]].execute(node, &args)?,
             };
             drop(args);
             if outs.len() != node.outputs.len() {
@@ -406,9 +465,10 @@ impl Executable {
         plan.outputs
             .iter()
             .map(|v| {
-                values[v.node.0 as usize][v.output as usize]
+                let t = values[v.node.0 as usize][v.output as usize]
                     .clone()
-                    .ok_or_else(|| Error::invalid("internal: output value missing"))
+                    .ok_or_else(|| Error::invalid("internal: output value missing"))?;
+                self.backends[plan.devices[v.node.0 as usize]].download(&t)
             })
             .collect()
     }

@@ -109,6 +109,9 @@ mod tests {
         assert_eq!(QuantFormat::Q4_0.row_bytes(64).unwrap(), 36);
         assert_eq!(QuantFormat::Q6_K.row_bytes(512).unwrap(), 420);
         let err = QuantFormat::Q4_K.row_bytes(100).unwrap_err().to_string();
-        assert!(err.contains("Q4_K") && err.contains("256") && err.contains("100"), "{err}");
+        assert!(
+            err.contains("Q4_K") && err.contains("256") && err.contains("100"),
+            "{err}"
+        );
     }
 }

@@ -33,7 +33,10 @@ enum Storage {
     Owned(Vec<u64>),
     /// A read-only window `[offset, offset + len)` of external bytes (e.g. a
     /// memory-mapped weight file). Writing first copies it into `Owned`.
-    External { bytes: Arc<dyn ExternalBytes>, offset: usize },
+    External {
+        bytes: Arc<dyn ExternalBytes>,
+        offset: usize,
+    },
 }
 
 /// An 8-byte aligned, reference-counted byte buffer in host memory, either owned or

@@ -23,6 +23,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod kernels;
+pub mod testing;
 
 use stitch_core::{Backend, Error, Node, Result, Tensor};
 

@@ -182,6 +182,9 @@ pub enum Op {
     // ---- attention (composite) ----
     /// Scaled dot-product attention. Inputs `[q, k, v, mask?]`.
     Sdpa(SdpaAttrs),
+    /// Move a value to backend `to` of the executable (inserted by placement, run
+    /// by the executor; see [`crate::passes::place`]).
+    Copy { to: usize },
     /// Expand a packed block-quantized weight to f32 (see [`quant`]).
     Dequantize { format: QuantFormat },
     /// `x @ dequantize(w)^T` on a packed weight (composite; see [`quant`]).
@@ -232,6 +235,7 @@ impl Op {
             Op::AvgPool(_) => "avg_pool".into(),
             Op::Sdpa(_) => "sdpa".into(),
             Op::Fused(_) => "fused".into(),
+            Op::Copy { .. } => "copy".into(),
             Op::Dequantize { .. } => "dequantize".into(),
             Op::QuantMatMul { .. } => "quant_matmul".into(),
         }
@@ -240,6 +244,20 @@ impl Op {
     /// True for ops with effects on state (never removed, run in graph order).
     pub fn has_side_effects(&self) -> bool {
         matches!(self, Op::Assign(_) | Op::SliceUpdate(_))
+    }
+
+    /// True for ops the executor runs itself rather than a backend: sources,
+    /// state and copies between backends.
+    pub fn is_executor_op(&self) -> bool {
+        matches!(
+            self,
+            Op::Placeholder { .. }
+                | Op::Constant(_)
+                | Op::ReadVariable(_)
+                | Op::Assign(_)
+                | Op::SliceUpdate(_)
+                | Op::Copy { .. }
+        )
     }
 
     /// True for composite ops, which have a [`Op::decompose`] into primitives.
@@ -296,6 +314,10 @@ impl Op {
             Op::Sdpa(_) => attention::infer(self, inputs),
             Op::Fused(r) => r.infer(inputs),
             Op::Dequantize { .. } | Op::QuantMatMul { .. } => quant::infer(self, inputs),
+            Op::Copy { .. } => {
+                util::arity(inputs, 1, 1)?;
+                Ok(vec![inputs[0].clone()])
+            }
         }
     }
 

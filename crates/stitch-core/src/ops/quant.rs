@@ -20,7 +20,9 @@ use crate::Result;
 /// Logical row length `k` of a packed weight type, or a message naming the shape.
 fn packed_k(format: QuantFormat, w: &TensorType) -> Result<Option<usize>, String> {
     if w.dtype != DType::U8 || w.shape.rank() != 2 {
-        return Err(format!("a packed {format} weight must be a 2-D u8 tensor [rows, row_bytes], got {w}"));
+        return Err(format!(
+            "a packed {format} weight must be a 2-D u8 tensor [rows, row_bytes], got {w}"
+        ));
     }
     match &w.shape.0[1] {
         Dim::Known(b) => {
@@ -41,7 +43,10 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
         Op::Dequantize { format } => {
             arity(inputs, 1, 1)?;
             let k = packed_k(*format, &inputs[0])?.map_or(Dim::Sym("k".into()), Dim::Known);
-            Ok(vec![TensorType::new(DType::F32, Shape(vec![inputs[0].shape.0[0].clone(), k]))])
+            Ok(vec![TensorType::new(
+                DType::F32,
+                Shape(vec![inputs[0].shape.0[0].clone(), k]),
+            )])
         }
         Op::QuantMatMul { format } => {
             arity(inputs, 2, 2)?;

@@ -63,6 +63,17 @@ fn scalar_constant(g: &Graph, v: Value) -> Option<(f64, DType)> {
 
 /// Fuses `graph` (which must have concrete shapes) and maps `outputs` into the result.
 pub fn fuse(graph: &Graph, outputs: &[Value]) -> Result<(Graph, Vec<Value>, FuseStats)> {
+    fuse_where(graph, outputs, &|_| true)
+}
+
+/// [`fuse`], joining only nodes for which `allowed` holds (the nodes the
+/// backend that evaluates the regions runs itself; placement sends the others
+/// elsewhere).
+pub fn fuse_where(
+    graph: &Graph,
+    outputs: &[Value],
+    allowed: &dyn Fn(&Node) -> bool,
+) -> Result<(Graph, Vec<Value>, FuseStats)> {
     let n = graph.nodes().len();
     // Consumers of each node (by node; every fusible node has one output).
     let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -86,6 +97,9 @@ pub fn fuse(graph: &Graph, outputs: &[Value]) -> Result<(Graph, Vec<Value>, Fuse
     let mut space: HashMap<usize, usize> = HashMap::new();
     for i in (0..n).rev() {
         let node = &graph.nodes()[i];
+        if !allowed(node) {
+            continue;
+        }
         if reduction(node, graph) {
             region[i] = Some(i);
             if let Some(s) = graph.ty(node.inputs[0]).shape.numel() {

@@ -1,9 +1,11 @@
 //! Compile passes: each a small graph → graph transformation in its own file,
 //! testable alone. The executor runs them when it specialises a graph for
 //! concrete input shapes:
-//! [`specialize`] (concrete shapes) → [`decompose`] (composites the backend
-//! lacks) → [`fold_constants`] → [`cse`] → [`dce`] → [`prune`] (what the
-//! outputs and side effects need).
+//! [`specialize`] (concrete shapes) → [`rewrite`] (patterns such as attention
+//! → sdpa) → [`decompose`] (composites the backend lacks) → [`dce`] →
+//! [`fold_constants`] → [`cse`] → [`dce`] → [`fuse`] → [`place`] (which backend
+//! runs each node, with copies) → [`prune`] (the steps the outputs and side
+//! effects need) → [`memory`] (arena plan).
 
 pub mod cse;
 pub mod dce;
@@ -11,6 +13,7 @@ pub mod decompose;
 pub mod fold_constants;
 pub mod fuse;
 pub mod memory;
+pub mod place;
 pub mod prune;
 pub mod rewrite;
 pub mod specialize;

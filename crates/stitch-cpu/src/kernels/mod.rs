@@ -161,11 +161,14 @@ pub fn execute(op: &Op, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Vec
         Op::Dequantize { .. } | Op::QuantMatMul { .. } => {
             Err(Error::invalid(format!("{} has no CPU kernel yet", op.kind())))
         }
-        Op::Placeholder { .. } | Op::Constant(_) | Op::ReadVariable(_) | Op::Assign(_) | Op::SliceUpdate(_) => {
-            Err(Error::invalid(format!(
-                "{} is not a CPU kernel (decomposed or run by the executor)",
-                op.kind()
-            )))
-        }
+        Op::Placeholder { .. }
+        | Op::Constant(_)
+        | Op::ReadVariable(_)
+        | Op::Assign(_)
+        | Op::SliceUpdate(_)
+        | Op::Copy { .. } => Err(Error::invalid(format!(
+            "{} is not a CPU kernel (decomposed or run by the executor)",
+            op.kind()
+        ))),
     }
 }
