@@ -83,7 +83,7 @@ impl QuantFormat {
     /// Bytes of one packed row of `elems` logical elements; an error when `elems`
     /// is not a whole number of blocks.
     pub fn row_bytes(self, elems: usize) -> Result<usize> {
-        if elems % self.block_elems() != 0 {
+        if !elems.is_multiple_of(self.block_elems()) {
             return Err(Error::Invalid(format!(
                 "{} rows must hold a multiple of {} elements, got {elems}",
                 self.name(),

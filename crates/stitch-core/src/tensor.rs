@@ -72,7 +72,7 @@ impl Buffer {
             ))
         })?;
         let start = bytes.bytes()[offset..end].as_ptr();
-        if (start as usize) % 8 != 0 {
+        if !(start as usize).is_multiple_of(8) {
             return Ok(Buffer::from_bytes(&bytes.bytes()[offset..end]));
         }
         Ok(Buffer {

@@ -26,7 +26,7 @@ fn packed_k(format: QuantFormat, w: &TensorType) -> Result<Option<usize>, String
     }
     match &w.shape.0[1] {
         Dim::Known(b) => {
-            if b % format.block_bytes() != 0 {
+            if !b.is_multiple_of(format.block_bytes()) {
                 return Err(format!(
                     "packed {format} rows of {b} bytes are not a whole number of {}-byte blocks (weight {w})",
                     format.block_bytes()
