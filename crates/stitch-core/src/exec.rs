@@ -16,7 +16,10 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, TensorType, Value, VarId};
 use crate::ops::Op;
 use crate::passes;
-use crate::tensor::Tensor;
+use crate::tensor::{BufferPool, Dims, Tensor};
+
+/// The outputs of one node's execution (inline for up to two: no allocation).
+pub type Outputs = smallvec::SmallVec<[Tensor; 2]>;
 
 /// A device that runs ops. CPU and CUDA implement it; core knows no backend.
 pub trait Backend: Send + Sync {
@@ -32,7 +35,7 @@ pub trait Backend: Send + Sync {
         false
     }
     /// Runs `node` (whose output types are concrete) on `inputs`.
-    fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Vec<Tensor>>;
+    fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Outputs>;
     /// Moves a host tensor into this backend's memory (a copy step of the plan;
     /// host backends return it as is).
     fn upload(&self, t: &Tensor) -> Result<Tensor> {
@@ -153,8 +156,26 @@ pub struct Plan {
     pub steps: Vec<usize>,
     /// Backend index (into [`Executable::backends`]) of each node of `graph`.
     pub devices: Vec<usize>,
-    /// For each node, how many times each of its outputs is consumed by steps and outputs.
-    uses: Vec<Vec<u32>>,
+    /// Index of each node's first output in the flat value arrays.
+    value_base: Vec<usize>,
+    /// How many times each value (flat index) is consumed by steps and outputs.
+    uses: Vec<u32>,
+    /// Node index of each placeholder, in the source graph's placeholder order.
+    placeholder_nodes: Vec<usize>,
+    /// Buffers recycled across runs of this plan.
+    pool: BufferPool,
+    /// Per-run bookkeeping reused across runs (one per concurrent run).
+    scratch: Mutex<Vec<Scratch>>,
+}
+
+/// The executor's per-run arrays, kept between runs so that a steady-state run
+/// allocates nothing.
+#[derive(Debug, Default)]
+struct Scratch {
+    values: Vec<Option<Tensor>>,
+    remaining: Vec<u32>,
+    inputs: Vec<Option<Tensor>>,
+    args: Vec<Tensor>,
 }
 
 /// A compiled graph: runs with [`Executable::run`] on any number of [`State`]s.
@@ -164,6 +185,11 @@ pub struct Executable {
     backends: Vec<Arc<dyn Backend>>,
     options: CompileOptions,
     plans: Mutex<HashMap<Vec<TensorType>, Arc<Plan>>>,
+    /// The same plans keyed by concrete (dtype, dims) per input, for lookups that
+    /// allocate nothing.
+    recent: Mutex<Vec<(Vec<(crate::DType, Dims)>, Arc<Plan>)>>,
+    /// Placeholder names in graph order (inputs are fed in this order).
+    placeholder_names: Vec<String>,
 }
 
 impl std::fmt::Debug for Executable {
@@ -226,9 +252,11 @@ impl Executable {
         Ok(Executable {
             graph: graph.clone(),
             outputs: outputs.to_vec(),
+            placeholder_names: graph.placeholders().iter().map(|(n, _)| n.to_string()).collect(),
             backends,
             options,
             plans: Mutex::new(HashMap::new()),
+            recent: Mutex::new(Vec::new()),
         })
     }
 
@@ -307,15 +335,28 @@ impl Executable {
         let devices = placement.devices;
         let live = passes::prune::live_nodes(&graph, &outputs);
         let steps: Vec<usize> = (0..graph.nodes().len()).filter(|&i| live[i]).collect();
-        let mut uses: Vec<Vec<u32>> = graph.nodes().iter().map(|n| vec![0; n.outputs.len()]).collect();
+        let mut value_base = Vec::with_capacity(graph.nodes().len());
+        let mut n_values = 0;
+        for n in graph.nodes() {
+            value_base.push(n_values);
+            n_values += n.outputs.len();
+        }
+        let mut uses = vec![0u32; n_values];
         for &i in &steps {
             for v in &graph.nodes()[i].inputs {
-                uses[v.node.0 as usize][v.output as usize] += 1;
+                uses[value_base[v.node.0 as usize] + v.output as usize] += 1;
             }
         }
         for v in &outputs {
-            uses[v.node.0 as usize][v.output as usize] += 1;
+            uses[value_base[v.node.0 as usize] + v.output as usize] += 1;
         }
+        let placeholder_nodes: Vec<usize> = graph
+            .nodes()
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| matches!(n.op, Op::Placeholder { .. }))
+            .map(|(i, _)| i)
+            .collect();
         let memory = passes::memory::plan_memory(&graph, &steps, &outputs)?;
         if cfg!(debug_assertions) {
             passes::memory::check_no_alias(&memory)?;
@@ -330,7 +371,11 @@ impl Executable {
             outputs,
             steps,
             devices,
+            value_base,
             uses,
+            placeholder_nodes,
+            pool: BufferPool::new(),
+            scratch: Mutex::new(Vec::new()),
         });
         self.plans
             .lock()
@@ -348,30 +393,44 @@ impl Executable {
     /// Runs the graph on `inputs` (by placeholder name), reading and updating `state`.
     /// Returns the outputs in the order given to [`Executable::compile`].
     pub fn run(&self, inputs: &[(&str, Tensor)], state: &mut State) -> Result<Vec<Tensor>> {
-        let placeholders = self.graph.placeholders();
+        let mut outputs = Vec::new();
+        self.run_into(inputs, state, &mut outputs)?;
+        Ok(outputs)
+    }
+
+    /// Like [`Executable::run`], writing the outputs into `outputs`. The tensors
+    /// already in `outputs` (a previous run's results) are released first, so
+    /// their buffers can be recycled: after the first run with given input
+    /// shapes, a run with the same shapes that reuses one `outputs` vector
+    /// performs no heap allocation on any thread.
+    pub fn run_into(&self, inputs: &[(&str, Tensor)], state: &mut State, outputs: &mut Vec<Tensor>) -> Result<()> {
         for (name, _) in inputs {
-            if !placeholders.iter().any(|(p, _)| p == name) {
+            if !self.placeholder_names.iter().any(|p| p == name) {
                 return Err(Error::UnknownInput {
                     name: name.to_string(),
-                    known: placeholders.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", "),
+                    known: self.placeholder_names.join(", "),
                 });
             }
         }
-        let mut ordered: Vec<Tensor> = Vec::with_capacity(placeholders.len());
-        for (name, v) in &placeholders {
-            let t = inputs
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t.clone())
-                .ok_or_else(|| {
-                    let ty = self.graph.ty(*v);
-                    Error::MissingInput {
+        let mut ordered: smallvec::SmallVec<[&Tensor; 8]> = smallvec::SmallVec::new();
+        for name in &self.placeholder_names {
+            match inputs.iter().find(|(n, _)| n == name) {
+                Some((_, t)) => ordered.push(t),
+                None => {
+                    let (_, v) = self
+                        .graph
+                        .placeholders()
+                        .into_iter()
+                        .find(|(n, _)| n == name)
+                        .expect("placeholder names come from the graph");
+                    let ty = self.graph.ty(v);
+                    return Err(Error::MissingInput {
                         name: name.to_string(),
                         dtype: ty.dtype.to_string(),
                         shape: ty.shape.to_string(),
-                    }
-                })?;
-            ordered.push(t);
+                    });
+                }
+            }
         }
         if state.values.len() != self.graph.variables().len()
             || state
@@ -384,69 +443,146 @@ impl Executable {
                 "this State was made for another graph; use Executable::new_state",
             ));
         }
-        let types: Vec<TensorType> = ordered.iter().map(passes::specialize::type_of).collect();
-        let plan = self.plan_for(&types)?;
-        self.execute(&plan, ordered, state)
+        let plan = match self.cached_plan(&ordered) {
+            Some(p) => p,
+            None => {
+                let types: Vec<TensorType> = ordered.iter().map(|t| passes::specialize::type_of(t)).collect();
+                let plan = self.plan_for(&types)?;
+                if let Ok(mut recent) = self.recent.lock() {
+                    let key = ordered
+                        .iter()
+                        .map(|t| (t.dtype(), Dims::from_slice(t.shape())))
+                        .collect();
+                    recent.push((key, plan.clone()));
+                }
+                plan
+            }
+        };
+        // Release the previous outputs into the pool before this run needs buffers.
+        for t in outputs.drain(..) {
+            plan.pool.give(t);
+        }
+        let mut scratch = plan
+            .scratch
+            .lock()
+            .map_err(|_| Error::invalid("scratch poisoned"))?
+            .pop()
+            .unwrap_or_default();
+        scratch.inputs.clear();
+        scratch.inputs.extend(ordered.iter().map(|t| Some((*t).clone())));
+        let result = plan.pool.scope(|| self.execute(&plan, &mut scratch, state, outputs));
+        // Drop whatever a failed run left behind; keep the arrays for the next run.
+        scratch.values.iter_mut().for_each(|v| {
+            if let Some(t) = v.take() {
+                plan.pool.give(t);
+            }
+        });
+        scratch.args.clear();
+        scratch.inputs.clear();
+        if let Ok(mut s) = plan.scratch.lock() {
+            s.push(scratch);
+        }
+        result
     }
 
-    fn execute(&self, plan: &Plan, inputs: Vec<Tensor>, state: &mut State) -> Result<Vec<Tensor>> {
+    /// The cached plan for inputs of exactly these dtypes and shapes, found
+    /// without allocating.
+    fn cached_plan(&self, inputs: &[&Tensor]) -> Option<Arc<Plan>> {
+        let recent = self.recent.lock().ok()?;
+        recent
+            .iter()
+            .find(|(key, _)| {
+                key.len() == inputs.len()
+                    && key
+                        .iter()
+                        .zip(inputs)
+                        .all(|((d, s), t)| *d == t.dtype() && s.as_slice() == t.shape())
+            })
+            .map(|(_, p)| p.clone())
+    }
+
+    fn execute(&self, plan: &Plan, scratch: &mut Scratch, state: &mut State, outputs: &mut Vec<Tensor>) -> Result<()> {
         let g = &plan.graph;
-        let mut values: Vec<Vec<Option<Tensor>>> = g.nodes().iter().map(|n| vec![None; n.outputs.len()]).collect();
-        let mut remaining = plan.uses.clone();
-        let mut inputs = inputs.into_iter();
-        let mut placeholder_slots: HashMap<usize, Tensor> = HashMap::new();
-        for (i, n) in g.nodes().iter().enumerate() {
-            if matches!(n.op, Op::Placeholder { .. }) {
-                placeholder_slots.insert(i, inputs.next().expect("one input per placeholder"));
-            }
-        }
+        let Scratch {
+            values,
+            remaining,
+            inputs,
+            args,
+        } = scratch;
+        values.clear();
+        values.resize(plan.uses.len(), None);
+        remaining.clear();
+        remaining.extend_from_slice(&plan.uses);
         for &i in &plan.steps {
             let node = &g.nodes()[i];
-            let mut args = Vec::with_capacity(node.inputs.len());
+            args.clear();
             for v in &node.inputs {
-                let (ni, oi) = (v.node.0 as usize, v.output as usize);
-                remaining[ni][oi] -= 1;
-                let t = if remaining[ni][oi] == 0 {
-                    values[ni][oi].take()
+                let idx = plan.value_base[v.node.0 as usize] + v.output as usize;
+                remaining[idx] -= 1;
+                let t = if remaining[idx] == 0 {
+                    values[idx].take()
                 } else {
-                    values[ni][oi].clone()
+                    values[idx].clone()
                 };
-                args.push(
-                    t.ok_or_else(|| Error::invalid(format!("internal: value of `{}` missing", g.nodes()[ni].name)))?,
-                );
+                args.push(t.ok_or_else(|| {
+                    Error::invalid(format!(
+                        "internal: value of `{}` missing",
+                        g.nodes()[v.node.0 as usize].name
+                    ))
+                })?);
             }
-            let outs = match &node.op {
-                Op::Placeholder { .. } => vec![placeholder_slots.remove(&i).expect("placeholder input")],
-                Op::Constant(t) => vec![t.clone()],
-                Op::ReadVariable(var) => vec![state.values[var.0 as usize].clone()],
+            let outs: Outputs = match &node.op {
+                Op::Placeholder { .. } => {
+                    let k = plan
+                        .placeholder_nodes
+                        .iter()
+                        .position(|&p| p == i)
+                        .ok_or_else(|| Error::invalid("internal: unknown placeholder"))?;
+                    let t = inputs
+                        .get_mut(k)
+                        .and_then(Option::take)
+                        .ok_or_else(|| Error::invalid("internal: placeholder input missing"))?;
+                    smallvec::smallvec![t]
+                }
+                Op::Constant(t) => smallvec::smallvec![t.clone()],
+                Op::ReadVariable(var) => smallvec::smallvec![state.values[var.0 as usize].clone()],
                 Op::Assign(var) => {
-                    state.values[var.0 as usize] = args.pop().expect("assign has one input");
-                    vec![]
+                    let old = std::mem::replace(
+                        &mut state.values[var.0 as usize],
+                        args.pop().expect("assign has one input"),
+                    );
+                    plan.pool.give(old);
+                    Outputs::new()
                 }
                 Op::SliceUpdate(var) => {
-                    let starts = args[1].to_f64_vec();
-                    if starts.iter().any(|&s| s < 0.0) {
-                        return Err(Error::node(
-                            node.name.clone(),
-                            "slice_update",
-                            format!("negative start {starts:?}"),
-                        ));
+                    let mut starts: smallvec::SmallVec<[usize; 8]> = smallvec::SmallVec::new();
+                    for k in 0..args[1].numel() {
+                        let s = args[1].get_f64(&[k])?;
+                        if s < 0.0 {
+                            return Err(Error::node(
+                                node.name.clone(),
+                                "slice_update",
+                                format!("negative start {s} on axis {k}"),
+                            ));
+                        }
+                        starts.push(s as usize);
                     }
-                    let starts: Vec<usize> = starts.iter().map(|&s| s as usize).collect();
                     let target = &mut state.values[var.0 as usize];
                     target
                         .write_slice(&starts, &args[0])
                         .map_err(|e| Error::node(node.name.clone(), "slice_update", e.to_string()))?;
-                    vec![]
+                    Outputs::new()
                 }
                 Op::Copy { to } => {
                     let from = plan.devices[node.inputs[0].node.0 as usize];
                     let host = self.backends[from].download(&args[0])?;
-                    vec![self.backends[*to].upload(&host)?]
+                    smallvec::smallvec![self.backends[*to].upload(&host)?]
                 }
-                _ => self.backends[plan.devices[i]].execute(node, &args)?,
+                _ => self.backends[plan.devices[i]].execute(node, args)?,
             };
-            drop(args);
+            for t in args.drain(..) {
+                plan.pool.give(t);
+            }
             if outs.len() != node.outputs.len() {
                 return Err(Error::node(
                     node.name.clone(),
@@ -458,18 +594,31 @@ impl Executable {
                     ),
                 ));
             }
-            for (slot, t) in values[i].iter_mut().zip(outs) {
-                *slot = Some(t);
+            let base = plan.value_base[i];
+            for (k, t) in outs.into_iter().enumerate() {
+                if plan.uses[base + k] == 0 {
+                    plan.pool.give(t);
+                } else {
+                    values[base + k] = Some(t);
+                }
             }
         }
-        plan.outputs
-            .iter()
-            .map(|v| {
-                let t = values[v.node.0 as usize][v.output as usize]
-                    .clone()
-                    .ok_or_else(|| Error::invalid("internal: output value missing"))?;
-                self.backends[plan.devices[v.node.0 as usize]].download(&t)
-            })
-            .collect()
+        outputs.clear();
+        for v in &plan.outputs {
+            let idx = plan.value_base[v.node.0 as usize] + v.output as usize;
+            let t = values[idx]
+                .clone()
+                .ok_or_else(|| Error::invalid("internal: output value missing"))?;
+            let dev = plan.devices[v.node.0 as usize];
+            outputs.push(if dev == 0 && self.backends.len() == 1 {
+                t
+            } else {
+                self.backends[dev].download(&t)?
+            });
+        }
+        for v in values.iter_mut() {
+            *v = None;
+        }
+        Ok(())
     }
 }

@@ -7,16 +7,16 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use stitch_core::{Backend, CompileOptions, DType, Executable, Graph, Node, Result, Tensor};
+//! use stitch_core::{Backend, CompileOptions, DType, Executable, Graph, Node, Outputs, Result, Tensor};
 //!
 //! // A toy backend that only knows `neg` — enough to show the flow.
 //! struct NegOnly;
 //! impl Backend for NegOnly {
 //!     fn name(&self) -> &str { "neg-only" }
 //!     fn supports(&self, node: &Node) -> bool { node.op.kind() == "neg" }
-//!     fn execute(&self, _node: &Node, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+//!     fn execute(&self, _node: &Node, inputs: &[Tensor]) -> Result<Outputs> {
 //!         let v: Vec<f32> = inputs[0].to_vec::<f32>()?.iter().map(|x| -x).collect();
-//!         Ok(vec![Tensor::from_vec(v, inputs[0].shape())?])
+//!         Ok(Outputs::from_iter([Tensor::from_vec(v, inputs[0].shape())?]))
 //!     }
 //! }
 //!
@@ -48,9 +48,9 @@ pub use half;
 
 pub use dtype::{Bool8, DType, Element};
 pub use error::{Error, Result};
-pub use exec::{Backend, CompileOptions, CompileReport, Executable, Plan, State};
+pub use exec::{Backend, CompileOptions, CompileReport, Executable, Outputs, Plan, State};
 pub use graph::{Graph, Node, NodeId, TensorType, Value, VarId, Variable};
 pub use ops::Op;
 pub use quant::QuantFormat;
 pub use shape::{Dim, Shape};
-pub use tensor::{Buffer, Tensor};
+pub use tensor::{Buffer, BufferPool, Dims, Strides, Tensor};

@@ -91,7 +91,7 @@ impl Shape {
     }
     /// Number of elements, if every dimension is known.
     pub fn numel(&self) -> Option<usize> {
-        self.concrete().map(|d| d.iter().product())
+        self.0.iter().try_fold(1usize, |n, d| d.known().map(|d| n * d))
     }
     /// Names of the symbolic dimensions, in order of appearance.
     pub fn symbols(&self) -> Vec<Arc<str>> {

@@ -12,7 +12,24 @@ use std::sync::Arc;
 
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
-use crate::shape::{contiguous_strides, Shape};
+use crate::shape::Shape;
+
+/// Inline storage for a tensor's dims: views and clones of tensors up to rank 6
+/// allocate nothing.
+pub type Dims = smallvec::SmallVec<[usize; 6]>;
+/// Inline storage for a tensor's strides (see [`Dims`]).
+pub type Strides = smallvec::SmallVec<[isize; 6]>;
+
+/// Row-major strides (in elements) of a contiguous array of `shape`.
+pub fn contiguous_strides(shape: &[usize]) -> Strides {
+    let mut strides = Strides::from_elem(0, shape.len());
+    let mut acc = 1isize;
+    for i in (0..shape.len()).rev() {
+        strides[i] = acc;
+        acc *= shape[i].max(1) as isize;
+    }
+    strides
+}
 
 /// Bytes owned elsewhere (a memory-mapped file, say) that a [`Buffer`] can borrow
 /// without copying. Implemented for anything that derefs to bytes and is shareable.
@@ -131,6 +148,75 @@ impl std::fmt::Debug for Buffer {
     }
 }
 
+/// Buffers recycled across runs of a plan, so that steady-state runs allocate
+/// nothing: while a pool is active on a thread ([`BufferPool::scope`]),
+/// [`Tensor::zeros`] and [`Tensor::empty`] take a free buffer of the exact size
+/// from it, and the executor gives dead values back ([`BufferPool::give`]).
+#[derive(Debug, Default)]
+pub struct BufferPool {
+    free: std::sync::Mutex<Vec<Arc<Buffer>>>,
+}
+
+thread_local! {
+    static ACTIVE_POOL: std::cell::Cell<*const BufferPool> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+impl BufferPool {
+    /// An empty pool.
+    pub fn new() -> BufferPool {
+        BufferPool {
+            free: std::sync::Mutex::new(Vec::with_capacity(64)),
+        }
+    }
+
+    /// Runs `f` with this pool serving tensor allocations on the current thread.
+    pub fn scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Restore(*const BufferPool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                ACTIVE_POOL.with(|p| p.set(self.0));
+            }
+        }
+        let _restore = Restore(ACTIVE_POOL.with(|p| p.replace(self as *const BufferPool)));
+        f()
+    }
+
+    /// Returns `t`'s buffer to the pool when `t` was its last holder (views and
+    /// other tensors sharing it keep it alive otherwise).
+    pub fn give(&self, t: Tensor) {
+        if Arc::strong_count(&t.buffer) == 1 && Arc::weak_count(&t.buffer) == 0 && !t.buffer.is_external() {
+            if let Ok(mut free) = self.free.lock() {
+                // Bounded, so buffers of shapes a plan never asks for cannot pile up.
+                if free.len() < 4096 {
+                    free.push(t.buffer);
+                }
+            }
+        }
+    }
+
+    /// Buffers currently free in the pool.
+    pub fn free_buffers(&self) -> usize {
+        self.free.lock().map_or(0, |f| f.len())
+    }
+
+    fn take(&self, len: usize) -> Option<Arc<Buffer>> {
+        let mut free = self.free.lock().ok()?;
+        let i = free.iter().position(|b| b.len() == len)?;
+        Some(free.swap_remove(i))
+    }
+
+    /// A buffer of `len` bytes from the active pool, if one is active and has one.
+    fn take_active(len: usize) -> Option<Arc<Buffer>> {
+        let p = ACTIVE_POOL.with(|p| p.get());
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: the pointer is set only by `scope`, which keeps the pool borrowed
+        // (alive) until it restores the previous value.
+        unsafe { &*p }.take(len)
+    }
+}
+
 /// A dense n-dimensional array in host memory, possibly a strided view.
 ///
 /// ```
@@ -146,18 +232,48 @@ impl std::fmt::Debug for Buffer {
 pub struct Tensor {
     buffer: Arc<Buffer>,
     dtype: DType,
-    shape: Vec<usize>,
+    shape: Dims,
     /// Strides in elements; may be zero (broadcast) or negative (reversed slice).
-    strides: Vec<isize>,
+    strides: Strides,
     /// Offset of element [0, 0, ...] in elements.
     offset: usize,
 }
 
 impl Tensor {
-    /// A contiguous tensor over a fresh buffer of zeros.
+    /// A contiguous tensor of zeros (its buffer taken from the active
+    /// [`BufferPool`] when there is one).
     pub fn zeros(dtype: DType, shape: &[usize]) -> Tensor {
+        Tensor::alloc(dtype, shape, true)
+    }
+
+    /// A contiguous tensor whose contents are unspecified (zeros when freshly
+    /// allocated, an earlier value when recycled from the active [`BufferPool`]),
+    /// for kernels that overwrite every element. Its buffer is unshared.
+    pub fn empty(dtype: DType, shape: &[usize]) -> Tensor {
+        Tensor::alloc(dtype, shape, false)
+    }
+
+    fn alloc(dtype: DType, shape: &[usize], zero: bool) -> Tensor {
         let n: usize = shape.iter().product();
-        Tensor::from_buffer(Buffer::zeroed(n * dtype.size_in_bytes()), dtype, shape)
+        let len = n * dtype.size_in_bytes();
+        let buffer = match BufferPool::take_active(len) {
+            Some(mut b) => {
+                if zero {
+                    if let Some(b) = Arc::get_mut(&mut b) {
+                        b.as_bytes_mut().fill(0);
+                    }
+                }
+                b
+            }
+            None => Arc::new(Buffer::zeroed(len)),
+        };
+        Tensor {
+            buffer,
+            dtype,
+            strides: contiguous_strides(shape),
+            shape: Dims::from_slice(shape),
+            offset: 0,
+        }
     }
 
     /// A contiguous tensor owning `data`.
@@ -203,7 +319,7 @@ impl Tensor {
             buffer: Arc::new(buffer),
             dtype,
             strides: contiguous_strides(shape),
-            shape: shape.to_vec(),
+            shape: Dims::from_slice(shape),
             offset: 0,
         }
     }
@@ -362,7 +478,7 @@ impl Tensor {
             buffer: base.buffer,
             dtype: base.dtype,
             strides: contiguous_strides(shape),
-            shape: shape.to_vec(),
+            shape: Dims::from_slice(shape),
             offset: base.offset,
         })
     }
@@ -370,7 +486,7 @@ impl Tensor {
     /// Reorder axes: output axis i is input axis `perm[i]`. A view.
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
         let r = self.rank();
-        let mut seen = vec![false; r];
+        let mut seen: smallvec::SmallVec<[bool; 8]> = smallvec::smallvec![false; r];
         if perm.len() != r || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true)) {
             return Err(Error::invalid(format!(
                 "permutation {perm:?} is not a permutation of 0..{r}"
@@ -387,7 +503,7 @@ impl Tensor {
 
     /// Swap two axes. A view.
     pub fn transpose(&self, a: usize, b: usize) -> Result<Tensor> {
-        let mut perm: Vec<usize> = (0..self.rank()).collect();
+        let mut perm: Dims = (0..self.rank()).collect();
         if a >= perm.len() || b >= perm.len() {
             return Err(Error::invalid(format!(
                 "transpose axes {a}, {b} out of range for rank {}",
@@ -458,7 +574,7 @@ impl Tensor {
         }
         checked_numel(shape)?;
         let lead = shape.len() - self.rank();
-        let mut strides = vec![0isize; shape.len()];
+        let mut strides = Strides::from_elem(0, shape.len());
         for i in 0..self.rank() {
             let (d, t) = (self.shape[i], shape[lead + i]);
             strides[lead + i] = if d == t {
@@ -475,7 +591,7 @@ impl Tensor {
         Ok(Tensor {
             buffer: self.buffer.clone(),
             dtype: self.dtype,
-            shape: shape.to_vec(),
+            shape: Dims::from_slice(shape),
             strides,
             offset: self.offset,
         })
@@ -523,8 +639,8 @@ impl Tensor {
         Ok(Tensor {
             buffer: self.buffer.clone(),
             dtype: self.dtype,
-            shape: shape.to_vec(),
-            strides: strides.to_vec(),
+            shape: Dims::from_slice(shape),
+            strides: Strides::from_slice(strides),
             offset,
         })
     }
@@ -559,7 +675,7 @@ fn checked_numel(shape: &[usize]) -> Result<usize> {
 pub struct StridedOffsets<'a> {
     shape: &'a [usize],
     strides: &'a [isize],
-    index: Vec<usize>,
+    index: Dims,
     current: isize,
     remaining: usize,
 }
@@ -570,7 +686,7 @@ impl<'a> StridedOffsets<'a> {
         StridedOffsets {
             shape,
             strides,
-            index: vec![0; shape.len()],
+            index: Dims::from_elem(0, shape.len()),
             current: offset as isize,
             remaining: shape.iter().product(),
         }

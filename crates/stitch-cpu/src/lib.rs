@@ -53,7 +53,7 @@ impl Backend for CpuBackend {
         true
     }
 
-    fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<stitch_core::Outputs> {
         kernels::execute(&node.op, inputs, &node.outputs).map_err(|e| match e {
             Error::Invalid(m) => Error::node(node.name.clone(), node.op.kind(), m),
             other => other,

@@ -49,7 +49,7 @@ impl Backend for DecliningBackend {
     fn supports_fusion(&self) -> bool {
         true
     }
-    fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+    fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<stitch_core::Outputs> {
         self.cpu.execute(node, inputs)
     }
     fn upload(&self, t: &Tensor) -> Result<Tensor> {

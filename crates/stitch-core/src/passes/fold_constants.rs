@@ -92,7 +92,7 @@ mod tests {
         fn supports(&self, node: &Node) -> bool {
             matches!(node.op.kind().as_str(), "add" | "mul" | "cast")
         }
-        fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<crate::Outputs> {
             let a = inputs[0].to_f64_vec();
             let v: Vec<f64> = match node.op.kind().as_str() {
                 "cast" => a,
@@ -112,7 +112,7 @@ mod tests {
                 }
             };
             let shape = node.outputs[0].concrete().unwrap();
-            Ok(vec![Tensor::from_f64(DType::F32, &v, &shape)?])
+            Ok(crate::Outputs::from_iter([Tensor::from_f64(DType::F32, &v, &shape)?]))
         }
     }
 

@@ -407,7 +407,7 @@ fn pool_geo(what: &str, x: &Tensor, a: &PoolAttrs, out: &TensorType) -> Result<(
             rows: h.taps(),
             cols: w.taps(),
         },
-        out_dims,
+        out_dims.to_vec(),
     ))
 }
 

@@ -21,7 +21,7 @@ use std::ops::{Add, Div, Mul, Neg, Rem, Sub};
 
 use rayon::prelude::*;
 use stitch_core::ops::{BinaryOp, UnaryOp};
-use stitch_core::{Bool8, Buffer, DType, Element, Error, Result, Tensor, TensorType};
+use stitch_core::{Bool8, DType, Element, Error, Result, Tensor, TensorType};
 
 use super::{dims, PAR_CHUNK};
 
@@ -320,11 +320,6 @@ pub(crate) fn min_nan<C: Real>(a: C, b: C) -> C {
     }
 }
 
-/// A fresh zeroed, contiguous output of `n` elements of `O`.
-fn out_buffer<O: Element>(n: usize) -> Buffer {
-    Buffer::zeroed(n * O::DTYPE.size_in_bytes())
-}
-
 /// A row body of [`for_each_row`]: `(out_row, bases, strides)`.
 pub(crate) type RowFn<'a, O, const N: usize> = dyn Fn(&mut [O], [usize; N], [isize; N]) + Sync + 'a;
 
@@ -344,8 +339,8 @@ pub(crate) fn for_each_row<O: Element, const N: usize>(
         return Tensor::zeros(O::DTYPE, out_dims);
     }
     // Merge axes that are contiguous for every operand; drop size-1 axes.
-    let mut shape: Vec<usize> = Vec::with_capacity(out_dims.len());
-    let mut strides: [Vec<isize>; N] = std::array::from_fn(|_| Vec::with_capacity(out_dims.len()));
+    let mut shape = stitch_core::Dims::new();
+    let mut strides: [stitch_core::Strides; N] = std::array::from_fn(|_| stitch_core::Strides::new());
     for (ax, &d) in out_dims.iter().enumerate() {
         if d == 1 {
             continue;
@@ -379,7 +374,7 @@ pub(crate) fn for_each_row<O: Element, const N: usize>(
     // and end inside a row (long rows are split so they spread over threads).
     let process = |first: usize, chunk: &mut [O]| {
         // Odometer over the outer axes, started at the chunk's first row.
-        let mut idx = vec![0usize; outer.len()];
+        let mut idx = stitch_core::Dims::from_elem(0, outer.len());
         let mut rem = first / inner;
         for ax in (0..outer.len()).rev() {
             idx[ax] = rem % outer[ax];
@@ -418,15 +413,16 @@ pub(crate) fn for_each_row<O: Element, const N: usize>(
         }
     };
 
-    let mut buf = out_buffer::<O>(n);
-    let out = buf.as_slice_mut::<O>();
+    // Every element is written below, so the buffer need not be zeroed.
+    let mut t = Tensor::empty(O::DTYPE, out_dims);
+    let out = t.buffer_mut().as_slice_mut::<O>();
     let chunk_len = if inner >= PAR_CHUNK {
         PAR_CHUNK
     } else {
         (PAR_CHUNK / inner) * inner
     };
     par_chunks(out, chunk_len, &process);
-    Tensor::from_buffer(buf, O::DTYPE, out_dims)
+    t
 }
 
 /// Runs `f(first, chunk)` over `out` in chunks of `chunk` elements (`first` is
@@ -514,7 +510,7 @@ pub(crate) fn map2<T: Element, O: Element>(
 /// Elementwise unary op.
 pub fn unary(op: UnaryOp, x: &Tensor, out: &TensorType) -> Result<Tensor> {
     let od = dims(out)?;
-    if od != x.shape() || out.dtype != x.dtype() {
+    if od.as_slice() != x.shape() || out.dtype != x.dtype() {
         return Err(Error::invalid(format!(
             "{}: input {} {:?} does not match output {out}",
             op.name(),

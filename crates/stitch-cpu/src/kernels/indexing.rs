@@ -61,7 +61,7 @@ pub fn gather(data: &Tensor, indices: &Tensor, axis: i64, out: &TensorType) -> R
     let mut expect = ds[..ax].to_vec();
     expect.extend_from_slice(indices.shape());
     expect.extend_from_slice(&ds[ax + 1..]);
-    if expect != shape {
+    if expect.as_slice() != shape.as_slice() {
         return Err(Error::invalid(format!(
             "gather of data {ds:?} with indices {:?} on axis {ax} gives {expect:?}, not {shape:?}",
             indices.shape()
@@ -311,7 +311,7 @@ pub fn one_hot(
         .ok_or_else(|| Error::invalid(format!("one_hot axis {axis} out of range for indices {is:?}")))?;
     let mut expect = is.to_vec();
     expect.insert(ax, depth);
-    if expect != shape || !indices.dtype().is_int() {
+    if expect.as_slice() != shape.as_slice() || !indices.dtype().is_int() {
         return Err(Error::invalid(format!(
             "one_hot of {} indices {is:?} with depth {depth} on axis {ax} gives {expect:?}, not {shape:?}",
             indices.dtype()

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use stitch_core::ops::layout::{slice_params, slice_range};
 use stitch_core::ops::PadMode;
 use stitch_core::shape::normalize_axis;
-use stitch_core::{Buffer, DType, Element, Error, Result, Tensor, TensorType};
+use stitch_core::{DType, Element, Error, Result, Tensor, TensorType};
 
 use super::{dims, PAR_CHUNK};
 
@@ -52,10 +52,9 @@ pub(crate) fn raw<U: Element>(t: &Tensor) -> &[U] {
 /// of the dtype's size) are written by `fill`.
 pub(crate) fn new_tensor<U: Element>(dtype: DType, shape: &[usize], fill: impl FnOnce(&mut [U])) -> Tensor {
     debug_assert_eq!(std::mem::size_of::<U>(), dtype.size_in_bytes());
-    let n: usize = shape.iter().product();
-    let mut buf = Buffer::zeroed(n * dtype.size_in_bytes());
-    fill(buf.as_slice_mut::<U>());
-    Tensor::from_buffer(buf, dtype, shape)
+    let mut t = Tensor::zeros(dtype, shape);
+    fill(t.buffer_mut().as_slice_mut::<U>());
+    t
 }
 
 /// Runs `f(first_row, rows)` over `out` cut into whole rows of `row_len`
@@ -372,7 +371,7 @@ pub fn split(x: &Tensor, axis: i64, sizes: &[usize]) -> Result<Vec<Tensor>> {
 pub fn tile(x: &Tensor, repeats: &[usize], out: &TensorType) -> Result<Tensor> {
     let shape = dims(out)?;
     let expect: Vec<usize> = x.shape().iter().zip(repeats).map(|(&d, &r)| d * r).collect();
-    if repeats.len() != x.rank() || expect != shape {
+    if repeats.len() != x.rank() || expect.as_slice() != shape.as_slice() {
         return Err(Error::invalid(format!(
             "tile of {:?} by {repeats:?} does not give output shape {shape:?}",
             x.shape()

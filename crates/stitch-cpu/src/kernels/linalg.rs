@@ -12,7 +12,7 @@
 
 use half::{bf16, f16};
 use rayon::prelude::*;
-use stitch_core::{DType, Element, Error, Result, Tensor, TensorType};
+use stitch_core::{DType, Dims, Element, Error, Result, Tensor, TensorType};
 
 use super::{dims, PAR_CHUNK};
 
@@ -67,6 +67,36 @@ pub(crate) unsafe fn gemm_call<T: GemmFloat>(
         }
         return;
     }
+    if T::DTYPE == DType::F32 {
+        // f32 goes through stitch's own packed kernels (allocation-free when warm).
+        // SAFETY: T is f32 (checked above), so the casts are identities; the
+        // caller's guarantees on lhs/rhs/dst carry over.
+        unsafe {
+            let dst = std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut f32, dst.len());
+            super::sgemm::sgemm(
+                super::sgemm::Isa::detect(),
+                m,
+                n,
+                k,
+                super::sgemm::Mat {
+                    ptr: lhs as *const f32,
+                    rs: lhs_rs,
+                    cs: lhs_cs,
+                },
+                super::sgemm::Mat {
+                    ptr: rhs as *const f32,
+                    rs: rhs_rs,
+                    cs: rhs_cs,
+                },
+                dst,
+                read_dst,
+                dst_scale.to_f64() as f32,
+                prod_scale.to_f64() as f32,
+                parallel && m * n * k >= PAR_FLOPS,
+            );
+        }
+        return;
+    }
     let threads = rayon::current_num_threads();
     let par = if parallel && threads > 1 && m * n * k >= PAR_FLOPS {
         ::gemm::Parallelism::Rayon(threads)
@@ -107,12 +137,12 @@ pub(crate) unsafe fn gemm_call<T: GemmFloat>(
 struct Plan {
     a: Tensor,
     b: Tensor,
-    batch: Vec<usize>,
+    batch: Dims,
     m: usize,
     n: usize,
     k: usize,
     /// The result shape: `batch ++ [m, n]` without the axes 1-D operands added.
-    out_shape: Vec<usize>,
+    out_shape: Dims,
 }
 
 impl Plan {
@@ -125,7 +155,7 @@ impl Plan {
                 b.shape()
             )));
         }
-        let (a_shape, b_shape) = (a.shape().to_vec(), b.shape().to_vec());
+        let (a_shape, b_shape) = (a.shape(), b.shape());
         // gemm could take negative strides, but the offset arithmetic below
         // stays simple (and obviously in bounds) with non-negative ones.
         let a = if a.strides().iter().any(|&s| s < 0) {
@@ -162,7 +192,7 @@ impl Plan {
         }
         let (ba, bb) = (&sa[..sa.len() - 2], &sb[..sb.len() - 2]);
         let r = ba.len().max(bb.len());
-        let mut batch = Vec::with_capacity(r);
+        let mut batch = Dims::with_capacity(r);
         for i in 0..r {
             let da = if i + ba.len() >= r { ba[i + ba.len() - r] } else { 1 };
             let db = if i + bb.len() >= r { bb[i + bb.len() - r] } else { 1 };
@@ -391,16 +421,19 @@ pub fn matmul(a: &Tensor, b: &Tensor, transpose_a: bool, transpose_b: bool, out:
     let len = p.batch_count() * p.m * p.n;
     macro_rules! float {
         ($t:ty) => {{
-            let mut v = vec![<$t>::from_f64(0.0); len];
-            float_product::<$t>(&p, &mut v, false, 0.0, 1.0)?;
-            Tensor::from_vec(v, &out_dims)
+            // gemm overwrites the whole output (read_dst = false).
+            let mut t = Tensor::empty(<$t>::DTYPE, &out_dims);
+            debug_assert_eq!(t.numel(), len);
+            float_product::<$t>(&p, t.buffer_mut().as_slice_mut::<$t>(), false, 0.0, 1.0)?;
+            Ok(t)
         }};
     }
     macro_rules! int {
         ($t:ty) => {{
-            let mut v = vec![<$t>::from_f64(0.0); len];
-            int_product::<$t>(&p, &mut v);
-            Tensor::from_vec(v, &out_dims)
+            let mut t = Tensor::zeros(<$t>::DTYPE, &out_dims);
+            debug_assert_eq!(t.numel(), len);
+            int_product::<$t>(&p, t.buffer_mut().as_slice_mut::<$t>());
+            Ok(t)
         }};
     }
     match a.dtype() {

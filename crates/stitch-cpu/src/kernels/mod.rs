@@ -14,18 +14,23 @@ pub mod layout;
 pub mod linalg;
 pub mod normalization;
 pub mod reduce;
+pub(crate) mod sgemm;
 pub mod simd_math;
 
 use stitch_core::ops::{Op, UnaryOp};
-use stitch_core::{Error, Result, Tensor, TensorType};
+use stitch_core::{Error, Outputs, Result, Tensor, TensorType};
 
 /// Elements per parallel task: small enough to spread work over threads, large
 /// enough that scheduling costs vanish.
 pub const PAR_CHUNK: usize = 1 << 14;
 
 /// Concrete dims of an output type (the executor only runs concrete plans).
-pub fn dims(t: &TensorType) -> Result<Vec<usize>> {
-    t.concrete()
+pub fn dims(t: &TensorType) -> Result<stitch_core::Dims> {
+    t.shape
+        .0
+        .iter()
+        .map(|d| d.known())
+        .collect::<Option<stitch_core::Dims>>()
         .ok_or_else(|| Error::invalid(format!("output type {t} is not concrete")))
 }
 
@@ -45,9 +50,10 @@ pub fn has_fused(op: &Op) -> bool {
 }
 
 /// Runs one op.
-pub fn execute(op: &Op, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Vec<Tensor>> {
+pub fn execute(op: &Op, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Outputs> {
     let out = &outputs[0];
-    let one = |t: Result<Tensor>| t.map(|t| vec![t]);
+    let one = |t: Result<Tensor>| t.map(|t| Outputs::from_iter([t]));
+    let many = |t: Result<Vec<Tensor>>| t.map(Outputs::from_vec);
     match op {
         Op::Unary(u) => one(elementwise::unary(*u, &inputs[0], out)),
         Op::Binary(b) => one(elementwise::binary(*b, &inputs[0], &inputs[1], out)),
@@ -79,7 +85,7 @@ pub fn execute(op: &Op, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Vec
             axis,
             largest,
             sorted,
-        } => reduce::topk(&inputs[0], *k, *axis, *largest, *sorted),
+        } => many(reduce::topk(&inputs[0], *k, *axis, *largest, *sorted)),
 
         Op::Softmax { axis } => one(normalization::softmax(&inputs[0], *axis, false)),
         Op::LogSoftmax { axis } => one(normalization::softmax(&inputs[0], *axis, true)),
@@ -122,7 +128,7 @@ pub fn execute(op: &Op, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Vec
             steps,
         } => one(layout::slice(&inputs[0], starts, ends, axes, steps)),
         Op::Concat { axis } => one(layout::concat(inputs, *axis, out)),
-        Op::Split { axis, sizes } => layout::split(&inputs[0], *axis, sizes),
+        Op::Split { axis, sizes } => many(layout::split(&inputs[0], *axis, sizes)),
         Op::Tile { repeats } => one(layout::tile(&inputs[0], repeats, out)),
         Op::Pad { pads, mode, value } => one(layout::pad(&inputs[0], pads, *mode, *value, out)),
 
@@ -148,7 +154,7 @@ pub fn execute(op: &Op, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Vec
         Op::MaxPool(a) => one(conv::max_pool(&inputs[0], a, out)),
         Op::AvgPool(a) => one(conv::avg_pool(&inputs[0], a, out)),
 
-        Op::Fused(region) => fused::fused(region, inputs, outputs),
+        Op::Fused(region) => many(fused::fused(region, inputs, outputs)),
         Op::Sdpa(attrs) => one(attention::sdpa(
             &inputs[0],
             &inputs[1],

@@ -326,7 +326,7 @@ pub fn reduce(op: ReduceOp, x: &Tensor, axes: &[i64], keepdims: bool, out: &Tens
         .zip(&reduced)
         .filter_map(|(&d, &r)| if r { keepdims.then_some(1) } else { Some(d) })
         .collect();
-    if expect != od {
+    if expect.as_slice() != od.as_slice() {
         return Err(Error::invalid(format!(
             "{}: reducing {:?} over {axes:?} (keepdims {keepdims}) gives {expect:?}, not the output {out}",
             op.name(),
