@@ -36,6 +36,12 @@ pub trait Backend: Send + Sync {
     }
     /// Runs `node` (whose output types are concrete) on `inputs`.
     fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Outputs>;
+    /// Runs `f`, which executes a whole plan whose first backend is this one.
+    /// A backend may run it elsewhere (the CPU backend runs it on a thread-pool
+    /// worker so that parallel kernels allocate nothing); the default calls it.
+    fn run_plan(&self, f: &mut (dyn FnMut() + Send)) {
+        f()
+    }
     /// Moves a host tensor into this backend's memory (a copy step of the plan;
     /// host backends return it as is).
     fn upload(&self, t: &Tensor) -> Result<Tensor> {
@@ -178,6 +184,9 @@ struct Scratch {
     args: Vec<Tensor>,
 }
 
+/// The concrete dtype and dims of each input: the key of a cached plan.
+type InputKey = Vec<(crate::DType, Dims)>;
+
 /// A compiled graph: runs with [`Executable::run`] on any number of [`State`]s.
 pub struct Executable {
     graph: Graph,
@@ -187,7 +196,7 @@ pub struct Executable {
     plans: Mutex<HashMap<Vec<TensorType>, Arc<Plan>>>,
     /// The same plans keyed by concrete (dtype, dims) per input, for lookups that
     /// allocate nothing.
-    recent: Mutex<Vec<(Vec<(crate::DType, Dims)>, Arc<Plan>)>>,
+    recent: Mutex<Vec<(InputKey, Arc<Plan>)>>,
     /// Placeholder names in graph order (inputs are fed in this order).
     placeholder_names: Vec<String>,
 }
@@ -470,7 +479,10 @@ impl Executable {
             .unwrap_or_default();
         scratch.inputs.clear();
         scratch.inputs.extend(ordered.iter().map(|t| Some((*t).clone())));
-        let result = plan.pool.scope(|| self.execute(&plan, &mut scratch, state, outputs));
+        let mut result = Ok(());
+        self.backends[0].run_plan(&mut || {
+            result = plan.pool.scope(|| self.execute(&plan, &mut scratch, state, outputs));
+        });
         // Drop whatever a failed run left behind; keep the arrays for the next run.
         scratch.values.iter_mut().for_each(|v| {
             if let Some(t) = v.take() {

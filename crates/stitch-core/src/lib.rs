@@ -45,6 +45,7 @@ pub mod shape;
 pub mod tensor;
 
 pub use half;
+pub use smallvec;
 
 pub use dtype::{Bool8, DType, Element};
 pub use error::{Error, Result};

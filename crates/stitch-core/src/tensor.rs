@@ -194,6 +194,16 @@ impl BufferPool {
         }
     }
 
+    /// Gives `t` to the pool active on this thread, if any (for kernels'
+    /// temporaries, so that they are reused rather than freed).
+    pub fn recycle(t: Tensor) {
+        let p = ACTIVE_POOL.with(|p| p.get());
+        if !p.is_null() {
+            // SAFETY: see `take_active`.
+            unsafe { &*p }.give(t);
+        }
+    }
+
     /// Buffers currently free in the pool.
     pub fn free_buffers(&self) -> usize {
         self.free.lock().map_or(0, |f| f.len())
@@ -428,13 +438,16 @@ impl Tensor {
     /// A contiguous copy (always copies).
     pub fn contiguous_copy(&self) -> Tensor {
         let es = self.dtype.size_in_bytes();
-        let mut out = Buffer::zeroed(self.numel() * es);
+        // Every element is written below.
+        let mut out = Tensor::empty(self.dtype, &self.shape);
         let src = self.buffer.as_bytes();
-        let dst = out.as_bytes_mut();
+        let dst = Arc::get_mut(&mut out.buffer)
+            .expect("a new tensor's buffer is unshared")
+            .as_bytes_mut();
         for (i, off) in self.element_offsets().enumerate() {
             dst[i * es..(i + 1) * es].copy_from_slice(&src[off * es..(off + 1) * es]);
         }
-        Tensor::from_buffer(out, self.dtype, &self.shape)
+        out
     }
 
     /// This tensor if it is already contiguous, else a contiguous copy.

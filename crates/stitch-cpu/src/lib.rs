@@ -22,6 +22,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod driver;
 pub mod kernels;
 pub mod testing;
 
@@ -51,6 +52,10 @@ impl Backend for CpuBackend {
 
     fn supports_fusion(&self) -> bool {
         true
+    }
+
+    fn run_plan(&self, f: &mut (dyn FnMut() + Send)) {
+        driver::run(f)
     }
 
     fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<stitch_core::Outputs> {

@@ -11,9 +11,10 @@
 
 use rayon::prelude::*;
 use stitch_core::ops::SdpaAttrs;
-use stitch_core::{Buffer, DType, Element, Error, Result, Tensor, TensorType};
+use stitch_core::{DType, Element, Error, Result, Tensor, TensorType};
 
 use super::dims;
+use super::scratch::ScratchElem;
 
 /// Query rows per task.
 const ROWS_PER_TASK: usize = 16;
@@ -79,16 +80,67 @@ impl Acc for f64 {
     }
 }
 
-/// A tensor's elements converted to the accumulation type, contiguous.
-fn widen<T: Element, A: Acc>(t: &Tensor) -> Result<Vec<A>> {
-    Ok(t.contiguous()
-        .as_slice::<T>()?
-        .iter()
-        .map(|&x| A::of(x.to_f64()))
-        .collect())
+/// `Σ a·b` with eight independent partial sums (so it vectorises).
+#[inline]
+fn dot<T: Element, A: Acc>(a: &[T], b: &[T]) -> A {
+    let mut acc = [A::default(); 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += A::of(x[l].to_f64()) * A::of(y[l].to_f64());
+        }
+    }
+    let mut s = A::default();
+    for (&x, &y) in ra.iter().zip(rb) {
+        s += A::of(x.to_f64()) * A::of(y.to_f64());
+    }
+    for v in acc {
+        s += v;
+    }
+    s
 }
 
-fn run<T: Element, A: Acc>(
+/// The mask as read by the kernel: through its broadcast view's strides, never
+/// materialised for bool and f32 masks.
+enum Mask<'a, A> {
+    None,
+    Bool {
+        data: &'a [u8],
+        strides: [isize; 4],
+        offset: isize,
+    },
+    F32 {
+        data: &'a [f32],
+        strides: [isize; 4],
+        offset: isize,
+    },
+    Values(Vec<A>),
+}
+
+impl<A: Acc> Mask<'_, A> {
+    /// The additive mask value at (batch, head, row, key).
+    #[inline]
+    fn at(&self, bi: usize, h: usize, i: usize, j: usize, dims: [usize; 3]) -> A {
+        let off = |s: &[isize; 4], o: isize| {
+            (o + bi as isize * s[0] + h as isize * s[1] + i as isize * s[2] + j as isize * s[3]) as usize
+        };
+        match self {
+            Mask::None => A::default(),
+            Mask::Bool { data, strides, offset } => {
+                if data[off(strides, *offset)] != 0 {
+                    A::default()
+                } else {
+                    A::NEG_INF
+                }
+            }
+            Mask::F32 { data, strides, offset } => A::of(data[off(strides, *offset)] as f64),
+            Mask::Values(v) => v[((bi * dims[0] + h) * dims[1] + i) * dims[2] + j],
+        }
+    }
+}
+
+fn run<T: Element, A: Acc + ScratchElem>(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -109,99 +161,104 @@ fn run<T: Element, A: Acc>(
             "sdpa shapes disagree: q {qs:?}, k {ks:?}, v {vs:?}"
         )));
     }
+    let n: usize = od.iter().product();
+    if n != b * hq * lq * dv {
+        return Err(Error::invalid(format!(
+            "sdpa output {od:?} does not match q {qs:?} and v {vs:?}"
+        )));
+    }
     let group = hq / hkv;
     let scale = A::of(attrs.scale.unwrap_or(1.0 / (d as f64).sqrt()));
-    let (qv, kv, vv) = (widen::<T, A>(q)?, widen::<T, A>(k)?, widen::<T, A>(v)?);
-    // The mask as a broadcast view over [b, hq, lq, lk]: additive values, with −∞ for masked-out.
-    let mask = match mask {
-        None => None,
+    let (q, k, v) = (q.contiguous(), k.contiguous(), v.contiguous());
+    let (qv, kv, vv) = (q.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
+    let view;
+    let mask: Mask<'_, A> = match mask {
+        None => Mask::None,
         Some(m) => {
-            let view = m.broadcast_to(&[b, hq, lq, lk])?;
-            let values: Vec<f64> = view.to_f64_vec();
-            let additive: Vec<A> = if m.dtype() == DType::Bool {
-                values
-                    .iter()
-                    .map(|&x| if x != 0.0 { A::of(0.0) } else { A::NEG_INF })
-                    .collect()
-            } else {
-                values.iter().map(|&x| A::of(x)).collect()
-            };
-            Some(additive)
+            view = m.broadcast_to(&[b, hq, lq, lk])?;
+            let st = view.strides();
+            let strides = [st[0], st[1], st[2], st[3]];
+            let offset = view.offset() as isize;
+            match m.dtype() {
+                DType::Bool => Mask::Bool {
+                    data: view.buffer().as_slice::<u8>(),
+                    strides,
+                    offset,
+                },
+                DType::F32 => Mask::F32 {
+                    data: view.buffer().as_slice::<f32>(),
+                    strides,
+                    offset,
+                },
+                _ => Mask::Values(view.to_f64_vec().into_iter().map(A::of).collect()),
+            }
         }
     };
     let offset = lk as isize - lq as isize; // bottom-right causal alignment
-    let mut out = vec![A::default(); b * hq * lq * dv];
-    if out.is_empty() {
-        return Ok(Tensor::zeros(T::DTYPE, od));
+    let mut out = Tensor::empty(T::DTYPE, od);
+    if n == 0 {
+        return Ok(out);
     }
-    out.par_chunks_mut(ROWS_PER_TASK * dv).enumerate().for_each_init(
-        || vec![A::default(); lk],
-        |scores, (chunk, dst)| {
-            // A chunk may straddle (batch, head) pairs: locate each row by its flat index.
-            let first_row = chunk * ROWS_PER_TASK;
-            for (r, out_row) in dst.chunks_mut(dv).enumerate() {
-                let flat = first_row + r; // index over b * hq * lq
-                let (bh, i) = (flat / lq, flat % lq);
-                let (bi, h) = (bh / hq, bh % hq);
-                let kvh = h / group;
-                let q_row = &qv[(bh * lq + i) * d..][..d];
-                let k_base = (bi * hkv + kvh) * lk;
-                let limit = if attrs.causal {
-                    (i as isize + offset + 1).clamp(0, lk as isize) as usize
-                } else {
-                    lk
-                };
-                let mut max = A::NEG_INF;
-                for (j, s) in scores.iter_mut().enumerate() {
-                    if j >= limit {
-                        *s = A::NEG_INF;
-                        continue;
+    let dst = out.buffer_mut().as_slice_mut::<T>();
+    dst.par_chunks_mut(ROWS_PER_TASK * dv)
+        .enumerate()
+        .for_each(|(chunk, dst)| {
+            A::with_scratch(lk + dv, |scratch| {
+                let (scores, acc) = scratch.split_at_mut(lk);
+                // A chunk may straddle (batch, head) pairs: locate each row by its flat index.
+                let first_row = chunk * ROWS_PER_TASK;
+                for (r, out_row) in dst.chunks_mut(dv).enumerate() {
+                    let flat = first_row + r; // index over b * hq * lq
+                    let (bh, i) = (flat / lq, flat % lq);
+                    let (bi, h) = (bh / hq, bh % hq);
+                    let kvh = h / group;
+                    let q_row = &qv[(bh * lq + i) * d..][..d];
+                    let k_base = (bi * hkv + kvh) * lk;
+                    let limit = if attrs.causal {
+                        (i as isize + offset + 1).clamp(0, lk as isize) as usize
+                    } else {
+                        lk
+                    };
+                    let mut max = A::NEG_INF;
+                    for (j, s) in scores.iter_mut().enumerate() {
+                        if j >= limit {
+                            *s = A::NEG_INF;
+                            continue;
+                        }
+                        let mut val = dot::<T, A>(q_row, &kv[(k_base + j) * d..][..d]) * scale;
+                        if !matches!(mask, Mask::None) {
+                            val += mask.at(bi, h, i, j, [hq, lq, lk]);
+                        }
+                        *s = val;
+                        if val > max {
+                            max = val;
+                        }
                     }
-                    let k_row = &kv[(k_base + j) * d..][..d];
-                    let mut dot = A::default();
-                    for (&a, &c) in q_row.iter().zip(k_row) {
-                        dot += a * c;
+                    // Softmax in place; an all −∞ row gives exp(NaN) = NaN, as the definition does.
+                    let mut sum = A::default();
+                    for s in scores.iter_mut() {
+                        *s = (*s - max).exp();
+                        sum += *s;
                     }
-                    let mut val = dot * scale;
-                    if let Some(m) = &mask {
-                        val += m[(bh * lq + i) * lk + j];
+                    acc.fill(A::default());
+                    // Keys past the causal limit have weight 0 and are skipped, unless the
+                    // whole row is masked: then every weight is NaN and so is the output.
+                    let keys = if max == A::NEG_INF { lk } else { limit };
+                    for (j, &p) in scores.iter().enumerate().take(keys) {
+                        let w = p / sum;
+                        let v_row = &vv[(k_base + j) * dv..][..dv];
+                        for (o, &x) in acc.iter_mut().zip(v_row) {
+                            *o += w * A::of(x.to_f64());
+                        }
                     }
-                    *s = val;
-                    if val > max {
-                        max = val;
+                    for (o, &a) in out_row.iter_mut().zip(acc.iter()) {
+                        *o = T::from_f64(a.to());
                     }
                 }
-                // Softmax in place; an all −∞ row gives exp(NaN) = NaN, as the definition does.
-                let mut sum = A::default();
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                out_row.fill(A::default());
-                // Keys past the causal limit have weight 0 and are skipped, unless the
-                // whole row is masked: then every weight is NaN and so is the output.
-                let keys = if max == A::NEG_INF { lk } else { limit };
-                for (j, &p) in scores.iter().enumerate().take(keys) {
-                    let w = p / sum;
-                    let v_row = &vv[(k_base + j) * dv..][..dv];
-                    for (o, &x) in out_row.iter_mut().zip(v_row) {
-                        *o += w * x;
-                    }
-                }
-            }
-        },
-    );
-    let data: Vec<T> = out.into_iter().map(|x| T::from_f64(x.to())).collect();
-    let n: usize = od.iter().product();
-    if n != data.len() {
-        return Err(Error::invalid(format!(
-            "sdpa output {od:?} does not match {} computed values",
-            data.len()
-        )));
+            })
+        });
+    for t in [q, k, v] {
+        stitch_core::BufferPool::recycle(t);
     }
-    Ok(Tensor::from_buffer(
-        Buffer::from_bytes(bytemuck::cast_slice(&data)),
-        T::DTYPE,
-        od,
-    ))
+    Ok(out)
 }

@@ -14,13 +14,14 @@ use stitch_core::ops::{BinaryOp, ReduceOp, UnaryOp};
 use stitch_core::{dispatch_dtype, Buffer, DType, Element, Error, Result, Tensor, TensorType};
 
 use super::elementwise::{max_nan, min_nan, Real};
+use super::scratch::ScratchElem;
 use super::{dims, simd_math, PAR_CHUNK};
 
 /// Elements per tile: small enough that all of a region's registers stay in L1/L2.
 const TILE: usize = 256;
 
 /// Runs a fused region.
-pub fn fused(region: &Region, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Vec<Tensor>> {
+pub fn fused(region: &Region, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Tensor> {
     if region.outputs.len() != 1 || outputs.len() != 1 {
         return Err(Error::invalid(
             "fused regions with several outputs are not supported by the CPU backend yet",
@@ -29,25 +30,29 @@ pub fn fused(region: &Region, inputs: &[Tensor], outputs: &[TensorType]) -> Resu
     if inputs.iter().any(|t| t.rank() > 16) || outputs[0].shape.rank() > 16 {
         return Err(Error::invalid("fused regions support up to 16 dimensions"));
     }
-    let in_dtypes: Vec<DType> = inputs.iter().map(|t| t.dtype()).collect();
-    let dtypes = region.expr_dtypes(&in_dtypes).map_err(Error::invalid)?;
-    if dtypes.contains(&DType::F64) {
+    // An expression is f64 exactly when an input, scalar or cast it derives from is.
+    let f64_inputs = inputs.iter().any(|t| t.dtype() == DType::F64);
+    let f64_exprs = region
+        .exprs
+        .iter()
+        .any(|e| matches!(e, Expr::Scalar(_, DType::F64) | Expr::Cast(DType::F64, _)));
+    if f64_inputs || f64_exprs {
         eval::<f64>(region, inputs, &outputs[0])
     } else {
         eval::<f32>(region, inputs, &outputs[0])
     }
 }
 
-fn eval<C: Compute>(region: &Region, inputs: &[Tensor], out: &TensorType) -> Result<Vec<Tensor>> {
+fn eval<C: Compute>(region: &Region, inputs: &[Tensor], out: &TensorType) -> Result<Tensor> {
     let out_dims = dims(out)?;
     match &region.reduce {
         None => {
-            let views: Vec<Tensor> = inputs
+            let views: stitch_core::smallvec::SmallVec<[Tensor; 8]> = inputs
                 .iter()
                 .map(|t| t.broadcast_to(&out_dims))
                 .collect::<Result<_>>()?;
             let program = Program::<C>::new(region, &views);
-            Ok(vec![elementwise(&program, &out_dims, out.dtype)?])
+            elementwise(&program, &out_dims, out.dtype)
         }
         Some(r) => {
             let mut shape: Vec<usize> = Vec::new();
@@ -70,7 +75,7 @@ fn eval<C: Compute>(region: &Region, inputs: &[Tensor], out: &TensorType) -> Res
             let rows: usize = kept.iter().map(|&a| shape[a]).product();
             let len: usize = r.axes.iter().map(|&a| shape[a]).product();
             let program = Program::<C>::new(region, &views);
-            Ok(vec![reduce(&program, r, &permuted, rows, len, &out_dims, out.dtype)?])
+            reduce(&program, r, &permuted, rows, len, &out_dims, out.dtype)
         }
     }
 }
@@ -91,7 +96,7 @@ fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 }
 
 /// The compute type of a region: f32 or f64.
-pub(crate) trait Compute: Real + Default {
+pub(crate) trait Compute: Real + Default + ScratchElem {
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
     /// Evaluates `op` over a tile with a vectorised kernel where this type has
@@ -138,13 +143,16 @@ struct Program<'a, C> {
     region: &'a Region,
     views: &'a [Tensor],
     /// Iteration shape (the views' shared shape).
-    shape: Vec<usize>,
+    shape: stitch_core::Dims,
     _c: std::marker::PhantomData<C>,
 }
 
 impl<'a, C: Compute> Program<'a, C> {
     fn new(region: &'a Region, views: &'a [Tensor]) -> Self {
-        let shape = views.first().map(|v| v.shape().to_vec()).unwrap_or_default();
+        let shape = views
+            .first()
+            .map(|v| stitch_core::Dims::from_slice(v.shape()))
+            .unwrap_or_default();
         Program {
             region,
             views,
@@ -153,9 +161,18 @@ impl<'a, C: Compute> Program<'a, C> {
         }
     }
 
+    /// Fills the registers of scalar expressions, which no tile overwrites.
+    fn init_scalars(&self, regs: &mut [C]) {
+        for (i, e) in self.region.exprs.iter().enumerate() {
+            if let Expr::Scalar(v, d) = e {
+                regs[i * TILE..(i + 1) * TILE].fill(C::from_f64(round_to(*v, *d)));
+            }
+        }
+    }
+
     /// Evaluates flat elements `start..start + n` (n <= TILE) of the iteration
-    /// space into `regs` (one TILE-sized register per expression); returns the
-    /// index of the output register.
+    /// space into `regs` (one TILE-sized register per expression, scalars filled
+    /// by [`Program::init_scalars`]); returns the index of the output register.
     fn run_tile(&self, start: usize, n: usize, regs: &mut [C]) -> usize {
         for (i, e) in self.region.exprs.iter().enumerate() {
             let (before, rest) = regs.split_at_mut(i * TILE);
@@ -163,7 +180,7 @@ impl<'a, C: Compute> Program<'a, C> {
             let reg = |j: usize| &before[j * TILE..j * TILE + n];
             match e {
                 Expr::Input(k) => load(&self.views[*k], &self.shape, start, dst),
-                Expr::Scalar(v, d) => dst.fill(C::from_f64(round_to(*v, *d))),
+                Expr::Scalar(..) => {}
                 Expr::Unary(op, a) => unary(*op, reg(*a), dst),
                 Expr::Binary(op, a, b) => binary(*op, reg(*a), reg(*b), dst),
                 Expr::Where(c, a, b) => {
@@ -353,28 +370,31 @@ fn store<C: Compute>(dtype: DType, src: &[C], dst: &mut [u8]) {
 }
 
 fn elementwise<C: Compute>(p: &Program<C>, out_dims: &[usize], dtype: DType) -> Result<Tensor> {
-    let total: usize = out_dims.iter().product();
     let es = dtype.size_in_bytes();
-    let mut buffer = Buffer::zeroed(total * es);
+    // Every element is stored below.
+    let mut t_out = Tensor::empty(dtype, out_dims);
     let chunk = PAR_CHUNK.div_ceil(TILE) * TILE;
     let nexprs = p.region.exprs.len();
-    buffer
+    t_out
+        .buffer_mut()
         .as_bytes_mut()
         .par_chunks_mut(chunk * es)
         .enumerate()
         .for_each(|(ci, out)| {
-            let mut regs = vec![C::default(); nexprs * TILE];
-            let base = ci * chunk;
-            let n_here = out.len() / es;
-            let mut t = 0;
-            while t < n_here {
-                let n = TILE.min(n_here - t);
-                let o = p.run_tile(base + t, n, &mut regs);
-                store(dtype, &regs[o * TILE..o * TILE + n], &mut out[t * es..(t + n) * es]);
-                t += n;
-            }
+            C::with_scratch(nexprs * TILE, |regs| {
+                p.init_scalars(regs);
+                let base = ci * chunk;
+                let n_here = out.len() / es;
+                let mut t = 0;
+                while t < n_here {
+                    let n = TILE.min(n_here - t);
+                    let o = p.run_tile(base + t, n, regs);
+                    store(dtype, &regs[o * TILE..o * TILE + n], &mut out[t * es..(t + n) * es]);
+                    t += n;
+                }
+            })
         });
-    Ok(Tensor::from_buffer(buffer, dtype, out_dims))
+    Ok(t_out)
 }
 
 /// Reduction accumulator: f64 for sums and products (accuracy), the compute type for max/min.
@@ -443,7 +463,11 @@ fn reduce<C: Compute>(
     let partials: Vec<Acc> = (0..rows * segments)
         .into_par_iter()
         .map_init(
-            || vec![C::default(); nexprs * TILE],
+            || {
+                let mut regs = vec![C::default(); nexprs * TILE];
+                p.init_scalars(&mut regs);
+                regs
+            },
             |regs, item| {
                 let (row, seg) = (item / segments, item % segments);
                 let (from, to) = ((seg * seg_len).min(len), ((seg + 1) * seg_len).min(len));

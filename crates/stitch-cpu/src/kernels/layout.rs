@@ -76,9 +76,9 @@ pub(crate) fn par_rows<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize,
 
 /// Merges adjacent axes that walk memory as one axis and drops size-1 axes, so
 /// that strided loops run over as few, as long, axes as possible.
-pub(crate) fn coalesce(shape: &[usize], strides: &[isize]) -> (Vec<usize>, Vec<isize>) {
-    let mut s: Vec<usize> = Vec::with_capacity(shape.len());
-    let mut st: Vec<isize> = Vec::with_capacity(shape.len());
+pub(crate) fn coalesce(shape: &[usize], strides: &[isize]) -> (stitch_core::Dims, stitch_core::Strides) {
+    let mut s = stitch_core::Dims::new();
+    let mut st = stitch_core::Strides::new();
     for (&d, &str_) in shape.iter().zip(strides) {
         if d == 1 {
             continue;
@@ -102,7 +102,7 @@ pub(crate) fn coalesce(shape: &[usize], strides: &[isize]) -> (Vec<usize>, Vec<i
 pub(crate) struct RowCursor<'a> {
     shape: &'a [usize],
     strides: &'a [isize],
-    index: Vec<usize>,
+    index: stitch_core::Dims,
     /// Offset of the current row's first element.
     pub(crate) offset: isize,
 }
@@ -110,7 +110,7 @@ pub(crate) struct RowCursor<'a> {
 impl<'a> RowCursor<'a> {
     /// A cursor at row `linear` of `shape`, offsets starting from `base`.
     pub(crate) fn at(shape: &'a [usize], strides: &'a [isize], base: isize, mut linear: usize) -> Self {
-        let mut index = vec![0; shape.len()];
+        let mut index = stitch_core::Dims::from_elem(0, shape.len());
         let mut offset = base;
         for ax in (0..shape.len()).rev() {
             index[ax] = linear % shape[ax];
@@ -207,11 +207,11 @@ pub(crate) fn contiguous_slice<U: Element>(x: &Tensor) -> &[U] {
 
 /// Strides that let `shape` view the same elements as the layout
 /// (`old_shape`, `old_strides`) in row-major order, if such strides exist.
-fn reshape_strides(old_shape: &[usize], old_strides: &[isize], shape: &[usize]) -> Option<Vec<isize>> {
+fn reshape_strides(old_shape: &[usize], old_strides: &[isize], shape: &[usize]) -> Option<stitch_core::Strides> {
     let (os, ost) = coalesce(old_shape, old_strides);
     // Walk the new dims, matching each against the coalesced old axes: a run
     // of new dims may subdivide one old axis, but never straddle two.
-    let mut out = vec![0isize; shape.len()];
+    let mut out = stitch_core::Strides::from_elem(0, shape.len());
     let mut ax = 0;
     let mut remaining = os.first().copied().unwrap_or(1);
     for (i, &d) in shape.iter().enumerate() {

@@ -14,6 +14,7 @@ pub mod layout;
 pub mod linalg;
 pub mod normalization;
 pub mod reduce;
+pub(crate) mod scratch;
 pub(crate) mod sgemm;
 pub mod simd_math;
 
@@ -154,7 +155,7 @@ pub fn execute(op: &Op, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Out
         Op::MaxPool(a) => one(conv::max_pool(&inputs[0], a, out)),
         Op::AvgPool(a) => one(conv::avg_pool(&inputs[0], a, out)),
 
-        Op::Fused(region) => many(fused::fused(region, inputs, outputs)),
+        Op::Fused(region) => one(fused::fused(region, inputs, outputs)),
         Op::Sdpa(attrs) => one(attention::sdpa(
             &inputs[0],
             &inputs[1],

@@ -14,7 +14,9 @@ use stitch_core::shape::normalize_axis;
 use stitch_core::{DType, Element, Error, Result, Tensor};
 
 use super::layout::{contiguous, contiguous_slice, new_tensor, par_rows};
+use super::scratch::ScratchElem;
 use super::PAR_CHUNK;
+use stitch_core::BufferPool;
 
 /// The arithmetic type elements are computed in (f32 or f64).
 trait Acc: Copy + Send + Sync + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> {
@@ -67,7 +69,7 @@ impl Acc for f64 {
 
 /// A float element type and the type it computes in.
 trait NormElem: Element + Copy {
-    type A: Acc;
+    type A: Acc + ScratchElem;
     fn to_acc(self) -> Self::A;
     fn from_acc(a: Self::A) -> Self;
 }
@@ -167,7 +169,7 @@ fn softmax_block<T: NormElem>(x: &[T], y: &mut [T], n: usize, m: &mut [T::A], s:
 }
 
 fn softmax_t<T: NormElem>(x: &Tensor, ax: usize, log: bool) -> Result<Tensor> {
-    let shape = x.shape().to_vec();
+    let shape = stitch_core::Dims::from_slice(x.shape());
     let rank = shape.len();
     let n = shape[ax];
     let inner: usize = shape[ax + 1..].iter().product();
@@ -186,29 +188,34 @@ fn softmax_t<T: NormElem>(x: &Tensor, ax: usize, log: bool) -> Result<Tensor> {
     }
     let x = contiguous(x);
     let src = contiguous_slice::<T>(&x);
-    Ok(new_tensor::<T>(x.dtype(), &shape, |dst| {
+    let y = new_tensor::<T>(x.dtype(), &shape, |dst| {
         if inner == 1 {
             par_rows(dst, n, |first, chunk| {
-                let mut scratch = vec![T::A::NEG_INF; n];
-                for (r, row) in chunk.chunks_mut(n).enumerate() {
-                    softmax_row(&src[(first + r) * n..][..n], row, &mut scratch, log);
-                }
+                T::A::with_scratch(n, |scratch| {
+                    for (r, row) in chunk.chunks_mut(n).enumerate() {
+                        softmax_row(&src[(first + r) * n..][..n], row, scratch, log);
+                    }
+                })
             })
         } else {
             let block = n * inner;
             par_rows(dst, block, |first, chunk| {
-                let mut m = vec![T::A::NEG_INF; inner];
-                let mut s = vec![0f64; inner];
-                for (b, blk) in chunk.chunks_mut(block).enumerate() {
-                    softmax_block(&src[(first + b) * block..][..block], blk, n, &mut m, &mut s, log);
-                }
+                T::A::with_scratch(inner, |m| {
+                    f64::with_scratch(inner, |s| {
+                        for (b, blk) in chunk.chunks_mut(block).enumerate() {
+                            softmax_block(&src[(first + b) * block..][..block], blk, n, m, s, log);
+                        }
+                    })
+                })
             })
         }
-    }))
+    });
+    BufferPool::recycle(x);
+    Ok(y)
 }
 
 /// `p` broadcast to the normalised trailing shape, contiguous, in the compute type.
-fn param<T: NormElem>(p: &Tensor, norm_shape: &[usize], what: &str, x: &Tensor) -> Result<Vec<T::A>> {
+fn param<T: NormElem>(p: &Tensor, norm_shape: &[usize], what: &str, x: &Tensor) -> Result<Tensor> {
     if p.dtype() != x.dtype() || p.rank() > norm_shape.len() {
         return Err(Error::invalid(format!(
             "{what} {} {:?} does not fit the normalised axes {norm_shape:?} of {} input {:?}",
@@ -218,8 +225,7 @@ fn param<T: NormElem>(p: &Tensor, norm_shape: &[usize], what: &str, x: &Tensor) 
             x.shape()
         )));
     }
-    let b = contiguous(&p.broadcast_to(norm_shape)?);
-    Ok(contiguous_slice::<T>(&b).iter().map(|&v| v.to_acc()).collect())
+    Ok(contiguous(&p.broadcast_to(norm_shape)?))
 }
 
 /// Layer norm over axes `axis..rank`.
@@ -242,7 +248,7 @@ fn norm_t<T: NormElem>(
     eps: f64,
     rms: bool,
 ) -> Result<Tensor> {
-    let shape = x.shape().to_vec();
+    let shape = stitch_core::Dims::from_slice(x.shape());
     let ax = normalize_axis(axis, shape.len()).ok_or_else(|| {
         Error::invalid(format!(
             "normalisation axis {axis} out of range for input shape {shape:?}"
@@ -250,20 +256,22 @@ fn norm_t<T: NormElem>(
     })?;
     let norm_shape = &shape[ax..];
     let n: usize = norm_shape.iter().product();
-    let sc = param::<T>(scale, norm_shape, "scale", x)?;
-    let bi = bias.map(|b| param::<T>(b, norm_shape, "bias", x)).transpose()?;
+    let sc_t = param::<T>(scale, norm_shape, "scale", x)?;
+    let bi_t = bias.map(|b| param::<T>(b, norm_shape, "bias", x)).transpose()?;
+    let sc = contiguous_slice::<T>(&sc_t);
+    let bi = bi_t.as_ref().map(|b| contiguous_slice::<T>(b));
     let x = contiguous(x);
     let src = contiguous_slice::<T>(&x);
     let inv_n = 1.0 / n as f64;
-    Ok(new_tensor::<T>(x.dtype(), &shape, |dst| {
+    let y = new_tensor::<T>(x.dtype(), &shape, |dst| {
         par_rows(dst, n, |first, chunk| {
             for (r, row) in chunk.chunks_mut(n).enumerate() {
                 let xr = &src[(first + r) * n..][..n];
                 if rms {
                     let ms = xr.iter().map(|&v| v.to_acc().wide()).map(|v| v * v).sum::<f64>() * inv_n;
                     let inv = T::A::of(1.0 / (ms + eps).sqrt());
-                    for ((o, &v), &s) in row.iter_mut().zip(xr).zip(&sc) {
-                        *o = T::from_acc(v.to_acc() * inv * s);
+                    for ((o, &v), &s) in row.iter_mut().zip(xr).zip(sc) {
+                        *o = T::from_acc(v.to_acc() * inv * s.to_acc());
                     }
                 } else {
                     // Two passes (mean, then squared deviations) in f64: no
@@ -275,18 +283,23 @@ fn norm_t<T: NormElem>(
                     let centred = |v: T| T::A::of(v.to_acc().wide() - mean);
                     match &bi {
                         Some(bi) => {
-                            for (((o, &v), &s), &b) in row.iter_mut().zip(xr).zip(&sc).zip(bi) {
-                                *o = T::from_acc(centred(v) * inv * s + b);
+                            for (((o, &v), &s), &b) in row.iter_mut().zip(xr).zip(sc).zip(*bi) {
+                                *o = T::from_acc(centred(v) * inv * s.to_acc() + b.to_acc());
                             }
                         }
                         None => {
-                            for ((o, &v), &s) in row.iter_mut().zip(xr).zip(&sc) {
-                                *o = T::from_acc(centred(v) * inv * s);
+                            for ((o, &v), &s) in row.iter_mut().zip(xr).zip(sc) {
+                                *o = T::from_acc(centred(v) * inv * s.to_acc());
                             }
                         }
                     }
                 }
             }
         })
-    }))
+    });
+    BufferPool::recycle(x);
+    for t in [Some(sc_t), bi_t].into_iter().flatten() {
+        BufferPool::recycle(t);
+    }
+    Ok(y)
 }
