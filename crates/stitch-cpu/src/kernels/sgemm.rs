@@ -171,8 +171,20 @@ pub(crate) unsafe fn sgemm(
             let mut pc = 0;
             while pc < k {
                 let kc = KC.min(k - pc);
-                // SAFETY: rows pc..pc+kc and columns jc..jc+nc lie inside B.
-                unsafe { pack_b(b, pc, kc, jc, nc, nr, bp) };
+                if threads > 1 && n_panels > 1 && kc * nc >= 1 << 15 {
+                    // Pack B's panels in parallel: each is independent.
+                    bp[..n_panels * nr * kc]
+                        .par_chunks_mut(nr * kc)
+                        .enumerate()
+                        .for_each(|(jp, panel)| {
+                            let cols = nr.min(nc - jp * nr);
+                            // SAFETY: rows pc..pc+kc and columns jc+jp*nr.. (cols of them) lie inside B.
+                            unsafe { pack_b(b, pc, kc, jc + jp * nr, cols, nr, panel) };
+                        });
+                } else {
+                    // SAFETY: rows pc..pc+kc and columns jc..jc+nc lie inside B.
+                    unsafe { pack_b(b, pc, kc, jc, nc, nr, bp) };
+                }
                 let b_pack: &[f32] = bp;
                 let first = pc == 0;
                 let (beta_k, load_c) = if first { (beta, read_c) } else { (1.0, true) };
