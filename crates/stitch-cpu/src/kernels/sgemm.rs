@@ -189,9 +189,12 @@ pub(crate) unsafe fn sgemm(
                 let first = pc == 0;
                 let (beta_k, load_c) = if first { (beta, read_c) } else { (1.0, true) };
                 // A grid of row blocks × column chunks with enough tasks for every thread.
+                // Several tasks per thread when the rows allow, so that a thread
+                // slowed by other work is balanced by stealing.
                 let mut row_blocks = m.div_ceil(MC_MAX);
+                let per = if m >= 64 * mr { 4 * threads } else { threads };
                 if m >= mr * threads {
-                    row_blocks = row_blocks.div_ceil(threads) * threads;
+                    row_blocks = row_blocks.div_ceil(per) * per;
                 }
                 let mc = m.div_ceil(row_blocks).div_ceil(mr) * mr;
                 let row_blocks = m.div_ceil(mc);
