@@ -36,6 +36,16 @@ pub trait Backend: Send + Sync {
     }
     /// Runs `node` (whose output types are concrete) on `inputs`.
     fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Outputs>;
+    /// Whether tensors of this backend live in host memory (then uploads and
+    /// downloads are free and its tensors can be read directly).
+    fn is_host(&self) -> bool {
+        true
+    }
+    /// Writes `src` into `target` at `starts` in place (`slice_update` of a
+    /// variable that lives on this backend, e.g. a KV cache on a GPU).
+    fn write_slice(&self, target: &mut Tensor, starts: &[usize], src: &Tensor) -> Result<()> {
+        target.write_slice(starts, src)
+    }
     /// Runs `f`, which executes a whole plan whose first backend is this one.
     /// A backend may run it elsewhere (the CPU backend runs it on a thread-pool
     /// worker so that parallel kernels allocate nothing); the default calls it.
@@ -279,9 +289,20 @@ impl Executable {
         &self.graph
     }
 
-    /// A fresh [`State`] with the variables' initial values.
+    /// A fresh [`State`] with the variables' initial values, in the primary
+    /// backend's memory.
     pub fn new_state(&self) -> State {
-        State::new(&self.graph)
+        let mut state = State::new(&self.graph);
+        if !self.backends[0].is_host() {
+            for v in state.values.iter_mut() {
+                match self.backends[0].upload(v) {
+                    Ok(t) => *v = t,
+                    // Left on the host: the first run reports the backend's error.
+                    Err(_) => break,
+                }
+            }
+        }
+        state
     }
 
     /// The plan for inputs of these types (built and cached on first use).
@@ -342,6 +363,17 @@ impl Executable {
         report.placement = placement.stats;
         report.nodes_after.push(("place", graph.nodes().len()));
         let devices = placement.devices;
+        // Constants placed on a device backend are uploaded once, here.
+        let mut graph = graph;
+        for (i, &d) in devices.iter().enumerate() {
+            if self.backends[d].is_host() {
+                continue;
+            }
+            if let Op::Constant(t) = &graph.nodes()[i].op {
+                let dev = self.backends[d].upload(t)?;
+                graph.replace_constant(crate::graph::NodeId(i as u32), dev)?;
+            }
+        }
         let live = passes::prune::live_nodes(&graph, &outputs);
         let steps: Vec<usize> = (0..graph.nodes().len()).filter(|&i| live[i]).collect();
         let mut value_base = Vec::with_capacity(graph.nodes().len());
@@ -554,7 +586,12 @@ impl Executable {
                         .get_mut(k)
                         .and_then(Option::take)
                         .ok_or_else(|| Error::invalid("internal: placeholder input missing"))?;
-                    smallvec::smallvec![t]
+                    let backend = &self.backends[plan.devices[i]];
+                    if backend.is_host() {
+                        smallvec::smallvec![t]
+                    } else {
+                        smallvec::smallvec![backend.upload(&t)?]
+                    }
                 }
                 Op::Constant(t) => smallvec::smallvec![t.clone()],
                 Op::ReadVariable(var) => smallvec::smallvec![state.values[var.0 as usize].clone()],
@@ -567,9 +604,15 @@ impl Executable {
                     Outputs::new()
                 }
                 Op::SliceUpdate(var) => {
+                    let backend = &self.backends[plan.devices[i]];
+                    let starts_t = if backend.is_host() {
+                        args[1].clone()
+                    } else {
+                        backend.download(&args[1])?
+                    };
                     let mut starts: smallvec::SmallVec<[usize; 8]> = smallvec::SmallVec::new();
-                    for k in 0..args[1].numel() {
-                        let s = args[1].get_f64(&[k])?;
+                    for k in 0..starts_t.numel() {
+                        let s = starts_t.get_f64(&[k])?;
                         if s < 0.0 {
                             return Err(Error::node(
                                 node.name.clone(),
@@ -580,8 +623,8 @@ impl Executable {
                         starts.push(s as usize);
                     }
                     let target = &mut state.values[var.0 as usize];
-                    target
-                        .write_slice(&starts, &args[0])
+                    backend
+                        .write_slice(target, &starts, &args[0])
                         .map_err(|e| Error::node(node.name.clone(), "slice_update", e.to_string()))?;
                     Outputs::new()
                 }

@@ -168,6 +168,23 @@ impl Graph {
         &mut self.nodes
     }
 
+    /// Replaces the value of constant node `node` by `t` of the same dtype and
+    /// shape (a backend's device-resident copy, say).
+    pub fn replace_constant(&mut self, node: NodeId, t: Tensor) -> Result<()> {
+        match self.nodes.get_mut(node.0 as usize).map(|n| &mut n.op) {
+            Some(Op::Constant(old)) if old.dtype() == t.dtype() && old.shape() == t.shape() => {
+                *old = t;
+                Ok(())
+            }
+            _ => Err(Error::invalid(format!(
+                "node #{} is not a constant of {} {:?}",
+                node.0,
+                t.dtype(),
+                t.shape()
+            ))),
+        }
+    }
+
     /// A graph with this graph's variables and no nodes (passes rebuild into it).
     pub fn empty_like(&self) -> Graph {
         Graph {

@@ -54,4 +54,4 @@ pub use graph::{Graph, Node, NodeId, TensorType, Value, VarId, Variable};
 pub use ops::Op;
 pub use quant::QuantFormat;
 pub use shape::{Dim, Shape};
-pub use tensor::{Buffer, BufferPool, Dims, Strides, Tensor};
+pub use tensor::{Buffer, BufferPool, DeviceMemory, Dims, Strides, Tensor};

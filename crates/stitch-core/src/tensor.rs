@@ -44,6 +44,23 @@ impl<T: AsRef<[u8]> + Send + Sync> ExternalBytes for T {
     }
 }
 
+/// Memory owned by a device backend (a GPU's, say). Host code cannot read it:
+/// the executor moves tensors between devices with the backends' `upload` and
+/// `download` (the copy steps of a plan), and device kernels reach their
+/// backend's concrete type through [`DeviceMemory::as_any`].
+pub trait DeviceMemory: Send + Sync + std::fmt::Debug + std::any::Any {
+    /// The device, e.g. `cuda:0`.
+    fn device(&self) -> String;
+    /// Size in bytes.
+    fn len(&self) -> usize;
+    /// True when the memory holds no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// For downcasting to the backend's own type.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
 #[derive(Clone)]
 enum Storage {
     /// Host memory owned by the buffer, 8-byte aligned.
@@ -54,6 +71,8 @@ enum Storage {
         bytes: Arc<dyn ExternalBytes>,
         offset: usize,
     },
+    /// Device memory; not addressable from the host.
+    Device(Arc<dyn DeviceMemory>),
 }
 
 /// An 8-byte aligned, reference-counted byte buffer in host memory, either owned or
@@ -101,6 +120,25 @@ impl Buffer {
     pub fn is_external(&self) -> bool {
         matches!(self.storage, Storage::External { .. })
     }
+    /// A buffer standing for device memory (see [`DeviceMemory`]).
+    pub fn from_device(mem: Arc<dyn DeviceMemory>) -> Buffer {
+        let len = mem.len();
+        Buffer {
+            storage: Storage::Device(mem),
+            len,
+        }
+    }
+    /// The device memory behind this buffer, if it lives on a device.
+    pub fn device_memory(&self) -> Option<&Arc<dyn DeviceMemory>> {
+        match &self.storage {
+            Storage::Device(m) => Some(m),
+            _ => None,
+        }
+    }
+    fn host_only(&self) -> ! {
+        let dev = self.device_memory().map(|m| m.device()).unwrap_or_default();
+        panic!("this tensor lives on {dev}; download it to the host before reading it there")
+    }
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -114,6 +152,7 @@ impl Buffer {
         match &self.storage {
             Storage::Owned(words) => &bytemuck::cast_slice(words)[..self.len],
             Storage::External { bytes, offset } => &bytes.bytes()[*offset..*offset + self.len],
+            Storage::Device(_) => self.host_only(),
         }
     }
     /// The bytes, mutably (external bytes are copied into owned memory first).
@@ -123,9 +162,12 @@ impl Buffer {
             bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..self.len].copy_from_slice(self.as_bytes());
             self.storage = Storage::Owned(words);
         }
+        if let Storage::Device(_) = self.storage {
+            self.host_only();
+        }
         match &mut self.storage {
             Storage::Owned(words) => &mut bytemuck::cast_slice_mut(words)[..self.len],
-            Storage::External { .. } => unreachable!("converted to owned above"),
+            Storage::External { .. } | Storage::Device(_) => unreachable!("converted or rejected above"),
         }
     }
     /// The buffer viewed as elements of `T` (the byte length must be a multiple of its size).
@@ -136,9 +178,13 @@ impl Buffer {
     pub fn as_slice_mut<T: Element>(&mut self) -> &mut [T] {
         bytemuck::cast_slice_mut(self.as_bytes_mut())
     }
-    /// Address of the first byte (for identity checks in tests and the profiler).
+    /// Address of the first byte (for identity checks in tests and the profiler;
+    /// for device memory, the address of its handle).
     pub fn as_ptr(&self) -> *const u8 {
-        self.as_bytes().as_ptr()
+        match &self.storage {
+            Storage::Device(m) => Arc::as_ptr(m) as *const u8,
+            _ => self.as_bytes().as_ptr(),
+        }
     }
 }
 
@@ -184,7 +230,11 @@ impl BufferPool {
     /// Returns `t`'s buffer to the pool when `t` was its last holder (views and
     /// other tensors sharing it keep it alive otherwise).
     pub fn give(&self, t: Tensor) {
-        if Arc::strong_count(&t.buffer) == 1 && Arc::weak_count(&t.buffer) == 0 && !t.buffer.is_external() {
+        if Arc::strong_count(&t.buffer) == 1
+            && Arc::weak_count(&t.buffer) == 0
+            && !t.buffer.is_external()
+            && t.buffer.device_memory().is_none()
+        {
             if let Ok(mut free) = self.free.lock() {
                 // Bounded, so buffers of shapes a plan never asks for cannot pile up.
                 if free.len() < 4096 {
@@ -312,6 +362,30 @@ impl Tensor {
     /// A rank-0 tensor.
     pub fn scalar<T: Element>(v: T) -> Tensor {
         Tensor::from_buffer(Buffer::from_bytes(bytemuck::bytes_of(&v)), T::DTYPE, &[])
+    }
+
+    /// A contiguous tensor over device memory (see [`DeviceMemory`]); its
+    /// length must be the elements of `shape`.
+    pub fn from_device(mem: Arc<dyn DeviceMemory>, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+        let n = checked_numel(shape)?;
+        if mem.len() != n * dtype.size_in_bytes() {
+            return Err(Error::invalid(format!(
+                "device buffer of {} bytes does not hold {dtype} {shape:?}",
+                mem.len()
+            )));
+        }
+        Ok(Tensor {
+            buffer: Arc::new(Buffer::from_device(mem)),
+            dtype,
+            strides: contiguous_strides(shape),
+            shape: Dims::from_slice(shape),
+            offset: 0,
+        })
+    }
+
+    /// The device memory this tensor views, if it lives on a device.
+    pub fn device_memory(&self) -> Option<&Arc<dyn DeviceMemory>> {
+        self.buffer.device_memory()
     }
 
     /// A contiguous tensor over `buffer`, which must hold exactly the elements of `shape`.

@@ -3,8 +3,9 @@
 //! An executable has an ordered list of backends: the primary first, then
 //! fallbacks (the CPU). Each node runs on the first backend that supports it;
 //! a node that the primary declines *falls back* to a later one. Sources are
-//! placed where they are needed: a constant on the backend of its first
-//! consumer, placeholders and variables on the primary. Wherever a value is
+//! placed where they are needed: constants and inputs on the backend of their
+//! first consumer (so an input only the CPU reads never visits the device),
+//! variables on the primary. Wherever a value is
 //! consumed on a backend other than the one that produced it, an
 //! [`Op::Copy`] node moves it there — once per (value, backend), shared by all
 //! consumers — so every transfer is a visible, counted step of the plan.
@@ -63,11 +64,11 @@ pub fn place(
             })?;
         device[i] = Some(d);
     }
-    // Constants go where they are first consumed; other sources and state on the primary.
+    // Constants and inputs go where they are first consumed; variables and state on the primary.
     for (i, node) in nodes.iter().enumerate() {
         for v in &node.inputs {
             let src = v.node.0 as usize;
-            if device[src].is_none() && matches!(nodes[src].op, Op::Constant(_)) {
+            if device[src].is_none() && matches!(nodes[src].op, Op::Constant(_) | Op::Placeholder { .. }) {
                 device[src] = Some(device[i].unwrap_or(0));
             }
         }
@@ -170,16 +171,22 @@ mod tests {
     }
 
     #[test]
-    fn constants_are_placed_with_their_consumer() {
+    fn sources_are_placed_with_their_consumer() {
         let mut g = Graph::new();
         let x = g.placeholder("x", DType::F32, [4]);
         let one = g.scalar(DType::F32, 1.0);
         let y = g.add(x, one).unwrap();
         let supports = |dev: usize, n: &Node| dev == 1 || n.op.kind() != "add";
         let (p, _, placement) = place(&g, &[y], 2, &supports, &["dev", "cpu"]).unwrap();
-        // x is copied to the CPU; the constant lives there already.
-        assert_eq!(placement.stats.copies, 1);
+        // x and the constant are placed on the CPU, where add reads them: no copies.
+        assert_eq!(placement.stats.copies, 0);
         let c = p.nodes().iter().position(|n| matches!(n.op, Op::Constant(_))).unwrap();
         assert_eq!(placement.devices[c], 1);
+        let x = p
+            .nodes()
+            .iter()
+            .position(|n| matches!(n.op, Op::Placeholder { .. }))
+            .unwrap();
+        assert_eq!(placement.devices[x], 1);
     }
 }
