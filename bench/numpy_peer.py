@@ -11,7 +11,7 @@ The driver writes the inputs as .npy files into a temporary directory, times
 numpy, runs the stitch-bench binary on the same files (it times itself with the
 same rule and writes its outputs), checks the stitch outputs against numpy's,
 and prints a Markdown report. Times are the median of all timed runs (after
-one warm-up run), never the best; min and max are shown as the spread.
+0.5 s of warm-up runs on each side), never the best; min and max are shown as the spread.
 
 Threads: run.sh exports RAYON_NUM_THREADS, OPENBLAS_NUM_THREADS,
 OMP_NUM_THREADS and MKL_NUM_THREADS (2 by default). numpy's ufuncs are
@@ -70,9 +70,19 @@ def load_text():
         return "load average unknown"
 
 
+# Both sides warm up the same way: repeated calls for at least this long (and at
+# least one call). The first ~100 ms of a busy process run markedly slower on
+# the machines we measure on (clock ramp-up), which a single warm-up call of a
+# millisecond-long kernel does not cover. stitch-bench uses the same rule.
+WARMUP_S = 0.5
+
+
 def timed(fn, runs):
-    """One warm-up call, then `runs` timed calls; returns the times in seconds."""
+    """Warm-up calls for WARMUP_S seconds, then `runs` timed calls; returns the times in seconds."""
+    t_end = time.perf_counter() + WARMUP_S
     fn()
+    while time.perf_counter() < t_end:
+        fn()
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -210,7 +220,7 @@ def main():
     w("- Threads: " + ", ".join(f"{k}={v}" for k, v in threads.items())
       + " (numpy ufuncs are single-threaded)")
     w(f"- Load: {load_before} before, {load_after} after; wall time {time.time() - t_start:.0f} s")
-    w(f"- Times: median of the timed runs after one warm-up (min–max in parentheses)")
+    w(f"- Times: median of the timed runs after {WARMUP_S:.1f} s of warm-up calls on each side (min–max in parentheses)")
     w("")
     w("### f32 matmul (C = A·B, square, A and B standard normal)")
     w("")

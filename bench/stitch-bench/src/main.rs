@@ -55,13 +55,22 @@ fn real_main() -> std::result::Result<(), String> {
     }
 }
 
-/// Runs `exe` once to warm up, then `runs` timed times; returns the times and the last outputs.
+/// Warm-up time before timing (numpy_peer.py's WARMUP_S): the first ~100 ms of a
+/// busy process run slower on the machines we measure on.
+const WARMUP: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs `exe` for WARMUP to warm up, then `runs` timed times; returns the times and the last outputs.
 /// Runs go through `run_into` with one outputs vector, the steady-state API: the
 /// previous outputs' buffers are recycled, as numpy's `out=` buffers are.
 fn time_runs(exe: &Executable, inputs: &[(&str, Tensor)], runs: usize) -> Result<(Vec<f64>, Vec<Tensor>)> {
     let mut state = exe.new_state();
     let mut out = Vec::new();
+    // Warm up for WARMUP (and at least once), as the numpy side does.
+    let warm_end = Instant::now() + WARMUP;
     exe.run_into(inputs, &mut state, &mut out)?;
+    while Instant::now() < warm_end {
+        exe.run_into(inputs, &mut state, &mut out)?;
+    }
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t0 = Instant::now();
