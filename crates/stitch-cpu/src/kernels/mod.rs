@@ -13,6 +13,7 @@ pub mod indexing;
 pub mod layout;
 pub mod linalg;
 pub mod normalization;
+pub mod quant;
 pub mod reduce;
 pub(crate) mod scratch;
 pub(crate) mod sgemm;
@@ -47,6 +48,7 @@ pub fn has_fused(op: &Op) -> bool {
             | Op::Clamp { .. }
             | Op::Gemm { .. }
             | Op::Sdpa(_)
+            | Op::QuantMatMul { .. }
     )
 }
 
@@ -165,9 +167,8 @@ pub fn execute(op: &Op, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Out
             out,
         )),
 
-        Op::Dequantize { .. } | Op::QuantMatMul { .. } => {
-            Err(Error::invalid(format!("{} has no CPU kernel yet", op.kind())))
-        }
+        Op::Dequantize { format } => one(quant::dequantize(&inputs[0], *format, out)),
+        Op::QuantMatMul { format } => one(quant::quant_matmul(&inputs[0], &inputs[1], *format, out)),
         Op::Placeholder { .. }
         | Op::Constant(_)
         | Op::ReadVariable(_)
