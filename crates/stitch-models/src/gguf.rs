@@ -142,7 +142,7 @@ impl GgmlType {
             GgmlType::F16 | GgmlType::BF16 => elems.checked_mul(2),
             GgmlType::Quant(q) => {
                 let be = q.block_elems() as u64;
-                (elems % be == 0).then(|| elems / be * q.block_bytes() as u64)
+                elems.is_multiple_of(be).then(|| elems / be * q.block_bytes() as u64)
             }
         }
     }

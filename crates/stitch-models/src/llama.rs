@@ -1,1 +1,463 @@
-//! (to be written)
+//! The Llama-family decoder, built with the graph API.
+//!
+//! RMSNorm, RoPE (the model's base; GGUF's adjacent-pair layout), grouped-query
+//! attention through the fused `sdpa` op, a SwiGLU MLP and tied or separate
+//! output embeddings. Linear layers read packed quantized weights through
+//! `quant_matmul`; nothing is expanded at load.
+//!
+//! Two executables share one [`State`]: *prefill* (a whole prompt, symbolic
+//! length) and *decode* (one token). The KV cache is one pair of variables per
+//! layer, `[1, kv_heads, ctx, head_dim]`, allocated once for the chosen
+//! context and written in place by `slice_update` at the current position;
+//! attention reads the whole cache under a boolean mask `[1, 1, seq, ctx]`
+//! (true where a query may attend), so decode shapes never change and no plan
+//! is rebuilt per token. The CPU sdpa kernel skips masked keys.
+
+use std::sync::Arc;
+
+use stitch_core::ops::SdpaAttrs;
+use stitch_core::{
+    Backend, CompileOptions, DType, Dim, Error, Executable, Graph, QuantFormat, Result, State, Tensor, Value, VarId,
+};
+
+use crate::gguf::{Gguf, GgufTensor};
+
+/// Model hyper-parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// Hidden size.
+    pub dim: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Per-head size.
+    pub head_dim: usize,
+    /// MLP hidden size.
+    pub ffn_dim: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// RMSNorm epsilon.
+    pub eps: f64,
+    /// RoPE base frequency.
+    pub rope_base: f64,
+    /// Context the model was trained for.
+    pub train_ctx: usize,
+}
+
+impl LlamaConfig {
+    /// Reads the hyper-parameters of a `llama` GGUF file.
+    pub fn from_gguf(g: &Gguf) -> Result<LlamaConfig> {
+        let arch = g.get_str("general.architecture")?;
+        if arch != "llama" {
+            return Err(Error::invalid(format!(
+                "{}: architecture `{arch}` is not supported (llama is)",
+                g.path()
+            )));
+        }
+        let k = |s: &str| format!("llama.{s}");
+        let dim = g.get_usize(&k("embedding_length"))?;
+        let n_heads = g.get_usize(&k("attention.head_count"))?;
+        let n_kv_heads = g
+            .get(&k("attention.head_count_kv"))
+            .and_then(|v| v.as_u64())
+            .map_or(n_heads, |v| v as usize);
+        if n_heads == 0 || n_kv_heads == 0 || dim % n_heads != 0 || n_heads % n_kv_heads != 0 {
+            return Err(Error::invalid(format!(
+                "{}: heads {n_heads} / kv heads {n_kv_heads} do not divide the hidden size {dim}",
+                g.path()
+            )));
+        }
+        let head_dim = g
+            .get(&k("rope.dimension_count"))
+            .and_then(|v| v.as_u64())
+            .map_or(dim / n_heads, |v| v as usize);
+        if head_dim != dim / n_heads || head_dim % 2 != 0 {
+            return Err(Error::invalid(format!(
+                "{}: rope dimension {head_dim} must be the (even) head size {}",
+                g.path(),
+                dim / n_heads
+            )));
+        }
+        if g.get(&k("rope.scaling.type")).is_some() {
+            return Err(Error::invalid(format!(
+                "{}: RoPE scaling is not supported yet",
+                g.path()
+            )));
+        }
+        let vocab = match g.get(&k("vocab_size")).and_then(|v| v.as_u64()) {
+            Some(v) => v as usize,
+            None => g.require("tokenizer.ggml.tokens")?.as_array().map_or(0, |a| a.len()),
+        };
+        Ok(LlamaConfig {
+            n_layers: g.get_usize(&k("block_count"))?,
+            dim,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_dim: g.get_usize(&k("feed_forward_length"))?,
+            vocab,
+            eps: g.get_f64(&k("attention.layer_norm_rms_epsilon"))?,
+            rope_base: g.get(&k("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10000.0),
+            train_ctx: g.get_usize(&k("context_length")).unwrap_or(2048),
+        })
+    }
+}
+
+/// A weight: dense f32 or packed quantized rows.
+#[derive(Debug, Clone)]
+pub enum Weight {
+    /// f32 (f16/bf16 are widened at load).
+    Dense(Tensor),
+    /// Packed `[rows, row_bytes]` in `format`, with the logical shape.
+    Quant {
+        /// Packed bytes.
+        packed: Tensor,
+        /// Format.
+        format: QuantFormat,
+        /// Logical shape.
+        shape: Vec<usize>,
+    },
+}
+
+impl Weight {
+    fn shape(&self) -> Vec<usize> {
+        match self {
+            Weight::Dense(t) => t.shape().to_vec(),
+            Weight::Quant { shape, .. } => shape.clone(),
+        }
+    }
+}
+
+/// Where weights come from (a GGUF file, or tests' random weights).
+pub trait WeightSource {
+    /// The weight named as in GGUF (`blk.0.attn_q.weight`), or `None` if absent.
+    fn weight(&self, name: &str) -> Result<Option<Weight>>;
+}
+
+impl WeightSource for Gguf {
+    fn weight(&self, name: &str) -> Result<Option<Weight>> {
+        if self.info(name).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(match self.tensor(name)? {
+            GgufTensor::Dense(t) if t.dtype() == DType::F32 => Weight::Dense(t),
+            GgufTensor::Dense(t) => {
+                let v: Vec<f32> = t.to_f64_vec().into_iter().map(|x| x as f32).collect();
+                Weight::Dense(Tensor::from_vec(v, t.shape())?)
+            }
+            GgufTensor::Quant { packed, format, shape } => Weight::Quant { packed, format, shape },
+        }))
+    }
+}
+
+fn need(w: &dyn WeightSource, name: &str, shape: &[usize]) -> Result<Weight> {
+    let wt = w
+        .weight(name)?
+        .ok_or_else(|| Error::invalid(format!("weight `{name}` is missing from the model")))?;
+    if wt.shape() != shape {
+        return Err(Error::invalid(format!(
+            "weight `{name}` has shape {:?}, the config needs {shape:?}",
+            wt.shape()
+        )));
+    }
+    Ok(wt)
+}
+
+/// `x @ wᵀ` for a `[out, in]` weight.
+fn linear(g: &mut Graph, x: Value, w: &Weight) -> Result<Value> {
+    match w {
+        Weight::Dense(t) => {
+            let c = g.constant(t.clone());
+            g.matmul_t(x, c, false, true)
+        }
+        Weight::Quant { packed, format, .. } => {
+            let c = g.constant(packed.clone());
+            g.quant_matmul(x, c, *format)
+        }
+    }
+}
+
+/// The graph's input names.
+pub mod inputs {
+    /// Token ids, i64 `[seq]`.
+    pub const TOKENS: &str = "tokens";
+    /// Cache write position as slice_update starts, i64 `[4]` = `[0, 0, pos, 0]`.
+    pub const POS: &str = "pos";
+    /// Attention mask, bool `[1, 1, seq, ctx]`.
+    pub const MASK: &str = "mask";
+    /// RoPE cosines, f32 `[seq, 1, head_dim / 2, 1]`.
+    pub const COS: &str = "rope_cos";
+    /// RoPE sines, f32 `[seq, 1, head_dim / 2, 1]`.
+    pub const SIN: &str = "rope_sin";
+    /// Row whose logits are returned, i64 `[1]`.
+    pub const LAST: &str = "last";
+}
+
+/// Builds the decoder for `seq` tokens per call (a symbolic dim for prefill,
+/// 1 for decode) over a `ctx`-token KV cache. Returns the graph, its logits
+/// output `[1, vocab]`, and the cache variables (k, v per layer).
+pub fn build(cfg: &LlamaConfig, w: &dyn WeightSource, seq: Dim, ctx: usize) -> Result<(Graph, Value, Vec<VarId>)> {
+    let LlamaConfig {
+        n_layers,
+        dim,
+        n_heads,
+        n_kv_heads,
+        head_dim: hd,
+        ffn_dim,
+        vocab,
+        eps,
+        ..
+    } = *cfg;
+    let mut g = Graph::new();
+    let tokens = g.placeholder(inputs::TOKENS, DType::I64, vec![seq.clone()]);
+    let pos = g.placeholder(inputs::POS, DType::I64, [4]);
+    let mask = g.placeholder(
+        inputs::MASK,
+        DType::Bool,
+        vec![Dim::Known(1), Dim::Known(1), seq.clone(), Dim::Known(ctx)],
+    );
+    let rope_shape = vec![seq.clone(), Dim::Known(1), Dim::Known(hd / 2), Dim::Known(1)];
+    let cos = g.placeholder(inputs::COS, DType::F32, rope_shape.clone());
+    let sin = g.placeholder(inputs::SIN, DType::F32, rope_shape);
+    let last = g.placeholder(inputs::LAST, DType::I64, [1]);
+
+    // Token embedding: gather rows, then expand them if packed.
+    let emb = need(w, "token_embd.weight", &[vocab, dim])?;
+    let mut x = match &emb {
+        Weight::Dense(t) => {
+            let c = g.constant(t.clone());
+            g.gather(c, tokens, 0)?
+        }
+        Weight::Quant { packed, format, .. } => {
+            let c = g.constant(packed.clone());
+            let rows = g.gather(c, tokens, 0)?;
+            g.dequantize(rows, *format)?
+        }
+    };
+
+    let rope = |g: &mut Graph, t: Value, heads: usize| -> Result<Value> {
+        // [seq, heads*hd] → [seq, heads, hd/2, 2]: adjacent pairs rotate together.
+        let t = g.reshape(t, &[0, heads as i64, (hd / 2) as i64, 2])?;
+        let parts = g.split(t, -1, &[1, 1])?;
+        let (a, b) = (parts[0], parts[1]);
+        let ac = g.mul(a, cos)?;
+        let bs = g.mul(b, sin)?;
+        let r0 = g.sub(ac, bs)?;
+        let as_ = g.mul(a, sin)?;
+        let bc = g.mul(b, cos)?;
+        let r1 = g.add(as_, bc)?;
+        let r = g.concat(&[r0, r1], -1)?;
+        // → [1, heads, seq, hd]
+        let r = g.reshape(r, &[0, heads as i64, hd as i64])?;
+        let r = g.unsqueeze(r, &[0])?;
+        g.transpose(r, &[0, 2, 1, 3])
+    };
+
+    let mut caches = Vec::with_capacity(2 * n_layers);
+    for l in 0..n_layers {
+        g.push_scope(&format!("blk.{l}"));
+        let p = |s: &str| format!("blk.{l}.{s}.weight");
+        let attn_norm = match need(w, &p("attn_norm"), &[dim])? {
+            Weight::Dense(t) => g.constant(t),
+            _ => return Err(Error::invalid(format!("{} must be f32", p("attn_norm")))),
+        };
+        let h = g.rms_norm(x, attn_norm, -1, eps)?;
+        let q = linear(&mut g, h, &need(w, &p("attn_q"), &[n_heads * hd, dim])?)?;
+        let k = linear(&mut g, h, &need(w, &p("attn_k"), &[n_kv_heads * hd, dim])?)?;
+        let v = linear(&mut g, h, &need(w, &p("attn_v"), &[n_kv_heads * hd, dim])?)?;
+        let q = rope(&mut g, q, n_heads)?;
+        let k = rope(&mut g, k, n_kv_heads)?;
+        let v = g.reshape(v, &[0, n_kv_heads as i64, hd as i64])?;
+        let v = g.unsqueeze(v, &[0])?;
+        let v = g.transpose(v, &[0, 2, 1, 3])?;
+        let kc = g.variable(
+            &format!("blk.{l}.k_cache"),
+            Tensor::zeros(DType::F32, &[1, n_kv_heads, ctx, hd]),
+        );
+        let vc = g.variable(
+            &format!("blk.{l}.v_cache"),
+            Tensor::zeros(DType::F32, &[1, n_kv_heads, ctx, hd]),
+        );
+        caches.extend([kc, vc]);
+        g.slice_update(kc, k, pos)?;
+        g.slice_update(vc, v, pos)?;
+        let keys = g.read(kc)?;
+        let values = g.read(vc)?;
+        let a = g.sdpa(
+            q,
+            keys,
+            values,
+            Some(mask),
+            SdpaAttrs {
+                scale: None,
+                causal: false,
+            },
+        )?;
+        let a = g.transpose(a, &[0, 2, 1, 3])?;
+        let a = g.squeeze(a, &[0])?;
+        let a = g.reshape(a, &[0, (n_heads * hd) as i64])?;
+        let o = linear(&mut g, a, &need(w, &p("attn_output"), &[dim, n_heads * hd])?)?;
+        x = g.add(x, o)?;
+
+        let ffn_norm = match need(w, &p("ffn_norm"), &[dim])? {
+            Weight::Dense(t) => g.constant(t),
+            _ => return Err(Error::invalid(format!("{} must be f32", p("ffn_norm")))),
+        };
+        let h = g.rms_norm(x, ffn_norm, -1, eps)?;
+        let gate = linear(&mut g, h, &need(w, &p("ffn_gate"), &[ffn_dim, dim])?)?;
+        let up = linear(&mut g, h, &need(w, &p("ffn_up"), &[ffn_dim, dim])?)?;
+        let gate = g.silu(gate)?;
+        let act = g.mul(gate, up)?;
+        let down = linear(&mut g, act, &need(w, &p("ffn_down"), &[dim, ffn_dim])?)?;
+        x = g.add(x, down)?;
+        g.pop_scope();
+    }
+    let out_norm = match need(w, "output_norm.weight", &[dim])? {
+        Weight::Dense(t) => g.constant(t),
+        _ => return Err(Error::invalid("output_norm.weight must be f32")),
+    };
+    let x = g.rms_norm(x, out_norm, -1, eps)?;
+    let x = g.gather(x, last, 0)?;
+    // Tied embeddings when the file has no separate output matrix.
+    let head = match w.weight("output.weight")? {
+        Some(o) => {
+            if o.shape() != [vocab, dim] {
+                return Err(Error::invalid(format!(
+                    "output.weight has shape {:?}, expected [{vocab}, {dim}]",
+                    o.shape()
+                )));
+            }
+            o
+        }
+        None => emb,
+    };
+    let logits = linear(&mut g, x, &head)?;
+    Ok((g, logits, caches))
+}
+
+/// A loaded model: prefill and decode executables sharing one KV-cache [`State`].
+pub struct Llama {
+    /// Hyper-parameters.
+    pub cfg: LlamaConfig,
+    /// Context (KV-cache length) in tokens.
+    pub ctx: usize,
+    prefill: Executable,
+    decode: Executable,
+    caches: Vec<VarId>,
+    state: State,
+    /// Tokens already in the cache.
+    pos: usize,
+    out: Vec<Tensor>,
+}
+
+impl std::fmt::Debug for Llama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Llama")
+            .field("cfg", &self.cfg)
+            .field("ctx", &self.ctx)
+            .field("pos", &self.pos)
+            .finish()
+    }
+}
+
+impl Llama {
+    /// Builds and compiles the model for a `ctx`-token context on `backend`.
+    pub fn new(cfg: LlamaConfig, weights: &dyn WeightSource, ctx: usize, backend: Arc<dyn Backend>) -> Result<Llama> {
+        if ctx == 0 {
+            return Err(Error::invalid("the context size must be at least 1 token"));
+        }
+        let (gp, lp, caches) = build(&cfg, weights, Dim::sym("seq"), ctx)?;
+        let (gd, ld, _) = build(&cfg, weights, Dim::Known(1), ctx)?;
+        let prefill = Executable::compile(&gp, &[lp], backend.clone(), CompileOptions::default())?;
+        let decode = Executable::compile(&gd, &[ld], backend, CompileOptions::default())?;
+        let state = prefill.new_state();
+        Ok(Llama {
+            cfg,
+            ctx,
+            prefill,
+            decode,
+            caches,
+            state,
+            pos: 0,
+            out: Vec::new(),
+        })
+    }
+
+    /// Tokens in the cache.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Forgets the conversation (the cache is reused, not reallocated).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// The KV-cache state (for tests: buffer identity across steps).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+    /// The cache variables (k, v per layer).
+    pub fn cache_vars(&self) -> &[VarId] {
+        &self.caches
+    }
+
+    fn step_inputs(&self, ids: &[u32]) -> Result<Vec<(&'static str, Tensor)>> {
+        let (seq, p0, hd) = (ids.len(), self.pos, self.cfg.head_dim);
+        if p0 + seq > self.ctx {
+            return Err(Error::invalid(format!(
+                "the prompt and generated tokens ({} + {seq}) exceed the context of {} tokens; use a larger --ctx-size",
+                p0, self.ctx
+            )));
+        }
+        let tokens = Tensor::from_vec(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), &[seq])?;
+        let pos = Tensor::from_vec(vec![0i64, 0, p0 as i64, 0], &[4])?;
+        let mut mask = vec![stitch_core::Bool8(0); seq * self.ctx];
+        for i in 0..seq {
+            for j in 0..=(p0 + i) {
+                mask[i * self.ctx + j] = stitch_core::Bool8(1);
+            }
+        }
+        let mask = Tensor::from_vec(mask, &[1, 1, seq, self.ctx])?;
+        let half = hd / 2;
+        let (mut cos, mut sin) = (Vec::with_capacity(seq * half), Vec::with_capacity(seq * half));
+        for i in 0..seq {
+            let p = (p0 + i) as f64;
+            for j in 0..half {
+                let theta = p * self.cfg.rope_base.powf(-2.0 * j as f64 / hd as f64);
+                cos.push(theta.cos() as f32);
+                sin.push(theta.sin() as f32);
+            }
+        }
+        Ok(vec![
+            (inputs::TOKENS, tokens),
+            (inputs::POS, pos),
+            (inputs::MASK, mask),
+            (inputs::COS, Tensor::from_vec(cos, &[seq, 1, half, 1])?),
+            (inputs::SIN, Tensor::from_vec(sin, &[seq, 1, half, 1])?),
+            (inputs::LAST, Tensor::from_vec(vec![seq as i64 - 1], &[1])?),
+        ])
+    }
+
+    /// Feeds `ids` (a prompt, or one token) and returns the logits after the
+    /// last of them. Uses the decode executable for one token, prefill otherwise.
+    pub fn forward(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            return Err(Error::invalid("forward needs at least one token"));
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab) {
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab
+            )));
+        }
+        let inputs = self.step_inputs(ids)?;
+        let exe = if ids.len() == 1 { &self.decode } else { &self.prefill };
+        exe.run_into(&inputs, &mut self.state, &mut self.out)?;
+        self.pos += ids.len();
+        self.out[0].to_vec::<f32>()
+    }
+}
