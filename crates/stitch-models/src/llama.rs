@@ -74,7 +74,7 @@ impl LlamaConfig {
             .get(&k("rope.dimension_count"))
             .and_then(|v| v.as_u64())
             .map_or(dim / n_heads, |v| v as usize);
-        if head_dim != dim / n_heads || head_dim % 2 != 0 {
+        if head_dim != dim / n_heads || !head_dim.is_multiple_of(2) {
             return Err(Error::invalid(format!(
                 "{}: rope dimension {head_dim} must be the (even) head size {}",
                 g.path(),
