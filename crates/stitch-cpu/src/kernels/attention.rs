@@ -200,13 +200,15 @@ fn run<T: Element, A: Acc + ScratchElem>(
         return Ok(out);
     }
     let dst = out.buffer_mut().as_slice_mut::<T>();
-    dst.par_chunks_mut(ROWS_PER_TASK * dv)
+    // Few rows (decode: one query row per head) still spread over the threads.
+    let rows_per_task = (b * hq * lq / (4 * rayon::current_num_threads().max(1))).clamp(1, ROWS_PER_TASK);
+    dst.par_chunks_mut(rows_per_task * dv)
         .enumerate()
         .for_each(|(chunk, dst)| {
             A::with_scratch(lk + dv, |scratch| {
                 let (scores, acc) = scratch.split_at_mut(lk);
                 // A chunk may straddle (batch, head) pairs: locate each row by its flat index.
-                let first_row = chunk * ROWS_PER_TASK;
+                let first_row = chunk * rows_per_task;
                 for (r, out_row) in dst.chunks_mut(dv).enumerate() {
                     let flat = first_row + r; // index over b * hq * lq
                     let (bh, i) = (flat / lq, flat % lq);
@@ -214,29 +216,48 @@ fn run<T: Element, A: Acc + ScratchElem>(
                     let kvh = h / group;
                     let q_row = &qv[(bh * lq + i) * d..][..d];
                     let k_base = (bi * hkv + kvh) * lk;
-                    let limit = if attrs.causal {
+                    let mut limit = if attrs.causal {
                         (i as isize + offset + 1).clamp(0, lk as isize) as usize
                     } else {
                         lk
                     };
+                    // A boolean mask usually ends the row early (a KV cache filled up to
+                    // the current position): stop at its last allowed key.
+                    if let Mask::Bool { .. } = mask {
+                        if let Some(j) = (0..limit)
+                            .rev()
+                            .find(|&j| mask.at(bi, h, i, j, [hq, lq, lk]) != A::NEG_INF)
+                        {
+                            limit = j + 1;
+                        }
+                    }
                     let mut max = A::NEG_INF;
                     for (j, s) in scores.iter_mut().enumerate() {
                         if j >= limit {
                             *s = A::NEG_INF;
                             continue;
                         }
-                        let mut val = dot::<T, A>(q_row, &kv[(k_base + j) * d..][..d]) * scale;
-                        if !matches!(mask, Mask::None) {
-                            val += mask.at(bi, h, i, j, [hq, lq, lk]);
+                        let m = if matches!(mask, Mask::None) {
+                            A::default()
+                        } else {
+                            mask.at(bi, h, i, j, [hq, lq, lk])
+                        };
+                        if m == A::NEG_INF {
+                            // Masked out: its weight is 0 whatever q·k is.
+                            *s = A::NEG_INF;
+                            continue;
                         }
+                        let mut val = dot::<T, A>(q_row, &kv[(k_base + j) * d..][..d]) * scale;
+                        val += m;
                         *s = val;
                         if val > max {
                             max = val;
                         }
                     }
                     // Softmax in place; an all −∞ row gives exp(NaN) = NaN, as the definition does.
+                    let span = if max == A::NEG_INF { lk } else { limit };
                     let mut sum = A::default();
-                    for s in scores.iter_mut() {
+                    for s in scores[..span].iter_mut() {
                         *s = (*s - max).exp();
                         sum += *s;
                     }
@@ -245,6 +266,9 @@ fn run<T: Element, A: Acc + ScratchElem>(
                     // whole row is masked: then every weight is NaN and so is the output.
                     let keys = if max == A::NEG_INF { lk } else { limit };
                     for (j, &p) in scores.iter().enumerate().take(keys) {
+                        if p == A::default() && max != A::NEG_INF {
+                            continue;
+                        }
                         let w = p / sum;
                         let v_row = &vv[(k_base + j) * dv..][..dv];
                         for (o, &x) in acc.iter_mut().zip(v_row) {

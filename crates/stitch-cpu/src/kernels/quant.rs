@@ -170,7 +170,7 @@ fn quantize_activations() -> bool {
 
 /// Few-row product: each task takes a range of weight rows (output columns).
 fn gemv(x: &[f32], w: &[u8], format: QuantFormat, m: usize, n: usize, k: usize, dst: &mut [f32]) {
-    if quantize_activations() && matches!(format, QuantFormat::Q4_0 | QuantFormat::Q4_1) {
+    if quantize_activations() && matches!(format, QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0) {
         if let Some(isa) = int8::Isa::detect() {
             return int8::gemv(isa, x, w, format, m, n, k, dst);
         }
@@ -299,7 +299,9 @@ mod int8 {
     use rayon::prelude::*;
     use stitch_core::quant::QuantFormat;
 
-    use super::{f16_at, OutPtr};
+    #[cfg(test)]
+    use super::f16_at;
+    use super::OutPtr;
     use crate::kernels::scratch::ScratchElem;
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -312,7 +314,10 @@ mod int8 {
         pub(super) fn detect() -> Option<Isa> {
             #[cfg(target_arch = "x86_64")]
             {
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+                {
                     return Some(Isa::Avx2);
                 }
             }
@@ -418,55 +423,88 @@ mod int8 {
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_avx2(format: QuantFormat, w: &[u8], row: &QRow, nb: usize) -> f32 {
+        // SAFETY (all arms): the caller checked AVX2/FMA/F16C; see `dot_avx2_t`.
+        unsafe {
+            match format {
+                QuantFormat::Q4_0 => dot_avx2_t::<0>(w, row, nb),
+                QuantFormat::Q4_1 => dot_avx2_t::<1>(w, row, nb),
+                _ => dot_avx2_t::<2>(w, row, nb),
+            }
+        }
+    }
+
+    /// `F`: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0. Two blocks per iteration into two
+    /// accumulators (independent FMA chains); block scales converted with F16C.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn dot_avx2_t<const F: u8>(w: &[u8], row: &QRow, nb: usize) -> f32 {
         use std::arch::x86_64::*;
-        let bb = format.block_bytes();
-        debug_assert!(w.len() >= nb * bb && row.q.len() >= nb * 32);
-        let mut acc = _mm256_setzero_ps();
-        let mut offset = 0f32;
+        let bb = match F {
+            0 => 18,
+            1 => 20,
+            _ => 34,
+        };
+        debug_assert!(w.len() >= nb * bb && row.q.len() >= nb * 32 && row.d.len() >= nb && row.sum.len() >= nb);
         let mask = _mm_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let (wp, qp) = (w.as_ptr(), row.q.as_ptr());
-        for b in 0..nb {
-            // SAFETY: block b of w (bb bytes) and of q (32 bytes) are in bounds.
+        let (wp, qp, dp, sp) = (w.as_ptr(), row.q.as_ptr(), row.d.as_ptr(), row.sum.as_ptr());
+        // One block's contribution: (scaled integer dot as 8 f32 lanes, offset term).
+        let block = |b: usize| -> (__m256, f32) {
+            // SAFETY: b < nb, so the block's bytes, its 32 activations and its
+            // scale and sum are in bounds (see the debug assertion).
             unsafe {
                 let blk = wp.add(b * bb);
                 let q8 = _mm256_loadu_si256(qp.add(b * 32) as *const __m256i);
-                let d = f16_at(std::slice::from_raw_parts(blk, 2)) * row.d[b];
-                let p16 = match format {
-                    QuantFormat::Q8_0 => {
-                        let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                        // maddubs needs an unsigned left operand: |w| with w's sign moved onto x.
-                        _mm256_maddubs_epi16(_mm256_abs_epi8(wq), _mm256_sign_epi8(q8, wq))
-                    }
-                    _ => {
-                        let off = if format == QuantFormat::Q4_1 { 4 } else { 2 };
-                        let qs = _mm_loadu_si128(blk.add(off) as *const __m128i);
-                        let lo = _mm_and_si128(qs, mask);
-                        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
-                        let q4 = _mm256_set_m128i(hi, lo);
-                        _mm256_maddubs_epi16(q4, q8)
-                    }
+                // d (and m for Q4_1) as f32 with F16C.
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+                let dx = *dp.add(b);
+                let d = _mm_cvtss_f32(dm) * dx;
+                let p16 = if F == 2 {
+                    let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                    _mm256_maddubs_epi16(_mm256_abs_epi8(wq), _mm256_sign_epi8(q8, wq))
+                } else {
+                    let qs = _mm_loadu_si128(blk.add(if F == 1 { 4 } else { 2 }) as *const __m128i);
+                    let lo = _mm_and_si128(qs, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+                    _mm256_maddubs_epi16(_mm256_set_m128i(hi, lo), q8)
                 };
-                let p32 = _mm256_madd_epi16(p16, ones);
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_set1_ps(d), acc);
-                match format {
+                let v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), _mm256_set1_ps(d));
+                let off = match F {
                     // (q − 8)·x = q·x − 8·Σx
-                    QuantFormat::Q4_0 => offset -= 8.0 * d * row.sum[b],
-                    QuantFormat::Q4_1 => {
-                        offset += f16_at(std::slice::from_raw_parts(blk.add(2), 2)) * row.d[b] * row.sum[b]
-                    }
-                    _ => {}
-                }
+                    0 => -8.0 * d * *sp.add(b),
+                    1 => _mm_cvtss_f32(_mm_movehdup_ps(dm)) * dx * *sp.add(b),
+                    _ => 0.0,
+                };
+                (v, off)
             }
+        };
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut off0, mut off1) = (0f32, 0f32);
+        let mut b = 0;
+        while b + 1 < nb {
+            let (v0, o0) = block(b);
+            let (v1, o1) = block(b + 1);
+            acc0 = _mm256_add_ps(acc0, v0);
+            acc1 = _mm256_add_ps(acc1, v1);
+            off0 += o0;
+            off1 += o1;
+            b += 2;
         }
+        if b < nb {
+            let (v0, o0) = block(b);
+            acc0 = _mm256_add_ps(acc0, v0);
+            off0 += o0;
+        }
+        let acc = _mm256_add_ps(acc0, acc1);
         let lo = _mm256_castps256_ps128(acc);
         let hi = _mm256_extractf128_ps(acc, 1);
         let s = _mm_add_ps(lo, hi);
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s) + offset
+        _mm_cvtss_f32(s) + off0 + off1
     }
 
     #[cfg(test)]
