@@ -14,6 +14,10 @@
 //!   stitch-bench chain DIR RUNS [--unfused]
 //!       # y = tanh(x*a + b) * sigmoid(x) - 0.5*x on DIR/chain_{x,a,b}.npy -> DIR/chain_y_stitch.npy
 //!       # (`a`, `b` are rank-0 f32 inputs, broadcast over x)
+//!   stitch-bench llm MODEL.gguf PROMPT_TOKENS GEN_TOKENS CTX SEED
+//!       # prefill of PROMPT_TOKENS seeded random token ids, then GEN_TOKENS greedy
+//!       # decode steps (EOS ignored); prints tokens/s and peak resident memory
+//!       # (see bench/llm.sh, which runs llama.cpp the same way)
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,7 +36,7 @@ fn main() {
 
 fn real_main() -> std::result::Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: stitch-bench matmul DIR N RUNS | stitch-bench chain DIR RUNS [--unfused]";
+    let usage = "usage: stitch-bench matmul DIR N RUNS | stitch-bench chain DIR RUNS [--unfused] | stitch-bench llm MODEL PROMPT_TOKENS GEN_TOKENS CTX SEED";
     let num = |s: Option<&String>, what: &str| -> std::result::Result<usize, String> {
         s.ok_or_else(|| format!("missing {what}; {usage}"))?
             .parse::<usize>()
@@ -44,6 +48,14 @@ fn real_main() -> std::result::Result<(), String> {
             let n = num(args.get(2), "N")?;
             let runs = num(args.get(3), "RUNS")?;
             matmul(&dir, n, runs).map_err(|e| e.to_string())
+        }
+        Some("llm") => {
+            let model = PathBuf::from(args.get(1).ok_or(usage)?);
+            let prompt = num(args.get(2), "PROMPT_TOKENS")?;
+            let gen = num(args.get(3), "GEN_TOKENS")?;
+            let ctx = num(args.get(4), "CTX")?;
+            let seed = num(args.get(5), "SEED")? as u64;
+            llm(&model, prompt, gen, ctx, seed).map_err(|e| e.to_string())
         }
         Some("chain") => {
             let dir = PathBuf::from(args.get(1).ok_or(usage)?);
@@ -140,6 +152,63 @@ fn chain(dir: &Path, runs: usize, fuse: bool) -> Result<()> {
         plan.report.steps,
         threads(),
         json_times(&times)
+    );
+    Ok(())
+}
+
+/// Peak resident memory of this process (VmHWM), in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn llm(model: &Path, prompt: usize, gen: usize, ctx: usize, seed: u64) -> Result<()> {
+    use stitch_models::generate::{Sampler, Sampling};
+    let g = stitch_models::gguf::Gguf::open(model)?;
+    let cfg = stitch_models::llama::LlamaConfig::from_gguf(&g)?;
+    let vocab = cfg.vocab as u64;
+    let mut m = stitch_models::llama::Llama::new(cfg, &g, ctx, Arc::new(CpuBackend::new()))?;
+    // The same seeded ids as bench/llm_peer.py (a 64-bit LCG), from 1000 upward.
+    let mut state = seed;
+    let ids: Vec<u32> = (0..prompt)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (1000 + (state >> 33) % (vocab - 1000)) as u32
+        })
+        .collect();
+    // Warm-up: one prefill and a few decode steps (plans for both shapes), then reset.
+    let mut logits = m.forward(&ids)?;
+    let mut sampler = Sampler::new(Sampling {
+        temperature: 0.0,
+        repeat_penalty: 1.0,
+        ..Default::default()
+    })?;
+    for _ in 0..4 {
+        let t = sampler.sample(&mut logits, &[]);
+        logits = m.forward(&[t])?;
+    }
+    m.reset();
+    let t0 = Instant::now();
+    let mut logits = m.forward(&ids)?;
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for _ in 0..gen {
+        let t = sampler.sample(&mut logits, &[]);
+        logits = m.forward(&[t])?;
+    }
+    let decode = t1.elapsed().as_secs_f64();
+    println!(
+        "{{\"case\":\"llm\",\"threads\":{},\"prompt_tokens\":{prompt},\"gen_tokens\":{gen},\"ctx\":{ctx},\"prefill_s\":{prefill:.6},\"decode_s\":{decode:.6},\"peak_rss_kib\":{}}}",
+        threads(),
+        peak_rss_kib()
     );
     Ok(())
 }
