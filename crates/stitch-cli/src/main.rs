@@ -108,8 +108,8 @@ enum Command {
         /// Sample from the smallest set of tokens whose probability reaches p.
         #[arg(long, default_value_t = 0.95)]
         top_p: f32,
-        /// Penalty for tokens already in the text (1 = off).
-        #[arg(long, default_value_t = 1.1)]
+        /// Penalty for tokens already in the text (1 = off, as llama.cpp's default).
+        #[arg(long, default_value_t = 1.0)]
         repeat_penalty: f32,
         /// Seed of the sampler.
         #[arg(long, default_value_t = 42)]

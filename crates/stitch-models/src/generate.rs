@@ -30,7 +30,7 @@ impl Default for Sampling {
             temperature: 0.8,
             top_k: 40,
             top_p: 0.95,
-            repeat_penalty: 1.1,
+            repeat_penalty: 1.0,
             seed: 42,
         }
     }
