@@ -23,7 +23,8 @@ fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// Downloads `filename` of PyPI package `package==version` into the cache (once)
-/// and checks its sha256. Uses the PyPI JSON API over HTTPS (system certificates).
+/// and checks its sha256 (`version` names the release in errors). Uses PyPI's
+/// JSON simple index over HTTPS with the system certificates.
 pub fn pypi_file(package: &str, version: &str, filename: &str, sha256: &str) -> Result<PathBuf> {
     let dir = stitch_core::cache::cache_dir().join("pypi");
     let path = dir.join(filename);
@@ -31,18 +32,20 @@ pub fn pypi_file(package: &str, version: &str, filename: &str, sha256: &str) -> 
         return Ok(path);
     }
     std::fs::create_dir_all(&dir).map_err(|e| io(e, &dir.display().to_string()))?;
-    let api = format!("https://pypi.org/pypi/{package}/{version}/json");
+    // The simple index's JSON form (PEP 691) lists every file with its URL.
+    let api = format!("https://pypi.org/simple/{package}/");
     let body = ureq::get(&api)
+        .set("Accept", "application/vnd.pypi.simple.v1+json")
         .call()
         .map_err(|e| io(e, &api))?
         .into_string()
         .map_err(|e| io(e, &api))?;
     let meta: serde_json::Value = serde_json::from_str(&body).map_err(|e| io(e, &api))?;
-    let url = meta["urls"]
+    let url = meta["files"]
         .as_array()
         .and_then(|u| u.iter().find(|f| f["filename"] == filename))
         .and_then(|f| f["url"].as_str())
-        .ok_or_else(|| OnnxError::Io(format!("{api} lists no file {filename}")))?
+        .ok_or_else(|| OnnxError::Io(format!("{api} lists no file {filename} ({package}=={version})")))?
         .to_string();
     let mut bytes = vec![];
     ureq::get(&url)

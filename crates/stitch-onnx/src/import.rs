@@ -13,7 +13,11 @@ use crate::{OnnxError, Result};
 /// ONNX op types (default domain) the importer maps onto stitch ops.
 pub const SUPPORTED_OPS: &[&str] = &[
     "Abs",
-    "Acos",
+    "Attention",
+    "NegativeLogLikelihoodLoss",
+    "SoftmaxCrossEntropyLoss",
+    "RMSNormalization",
+    "Trilu",
     "Add",
     "And",
     "ArgMax",
@@ -362,7 +366,8 @@ fn static_input(op: &str, i: usize) -> bool {
     match op {
         "Reshape" | "Expand" | "Tile" | "ConstantOfShape" | "Squeeze" | "Unsqueeze" | "Split" | "TopK" | "CumSum"
         | "OneHot" => i >= 1 || op == "ConstantOfShape",
-        "Slice" | "Pad" | "Clip" => i >= 1,
+        "Slice" | "Pad" | "Clip" | "Dropout" => i >= 1,
+        "Trilu" => i == 1,
         "Range" => true,
         op if op.starts_with("Reduce") => i >= 1,
         _ => false,
@@ -501,6 +506,16 @@ impl Ctx {
         let out = match ot {
             "Identity" | "Dropout" => {
                 let x = self.req(n, 0)?;
+                let training = ot == "Dropout"
+                    && (a.i("is_test", 1) == 0
+                        || self
+                            .konst(n, 2)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|t| t.to_f64_vec().first() == Some(&1.0)));
+                if training {
+                    return Err("training-mode Dropout (random) is not supported".into());
+                }
                 if n.output.len() > 1 && !n.output[1].is_empty() {
                     let shape = self.concrete(x, "Dropout's mask")?;
                     let m = self.g.constant(
@@ -574,8 +589,8 @@ impl Ctx {
             "Clip" => {
                 let x = self.req(n, 0)?;
                 let (lo, hi) = if opset >= 11 {
-                    let lo = self.konst(n, 1)?.map(|t| t.to_f64_vec().first().copied()).flatten();
-                    let hi = self.konst(n, 2)?.map(|t| t.to_f64_vec().first().copied()).flatten();
+                    let lo = self.konst(n, 1)?.and_then(|t| t.to_f64_vec().first().copied());
+                    let hi = self.konst(n, 2)?.and_then(|t| t.to_f64_vec().first().copied());
                     (lo, hi)
                 } else {
                     (
@@ -583,7 +598,75 @@ impl Ctx {
                         a.has("max").then(|| a.f("max", 0.0) as f64),
                     )
                 };
-                self.op(Op::Clamp { min: lo, max: hi }, &[x])?
+                match (lo, hi) {
+                    (Some(l), Some(h)) if l > h => {
+                        // ONNX: min(max(x, lo), hi) — everything becomes hi.
+                        let l = self.scalar_like(x, l);
+                        let h = self.scalar_like(x, h);
+                        let y = self.bin(BinaryOp::Max, x, l)?;
+                        self.bin(BinaryOp::Min, y, h)?
+                    }
+                    _ => self.op(Op::Clamp { min: lo, max: hi }, &[x])?,
+                }
+            }
+            "Attention" => return self.attention(n, &a),
+            "NegativeLogLikelihoodLoss" => {
+                let (x, t) = (self.req(n, 0)?, self.req(n, 1)?);
+                let w = self.input(n, 2)?.map(|e| e.v);
+                self.nll(x, t, w, &a)?
+            }
+            "SoftmaxCrossEntropyLoss" => {
+                let (x, t) = (self.req(n, 0)?, self.req(n, 1)?);
+                let w = self.input(n, 2)?.map(|e| e.v);
+                let lp = self.op(Op::LogSoftmax { axis: 1 }, &[x])?;
+                let loss = self.nll(lp, t, w, &a)?;
+                return Ok(vec![loss, lp]);
+            }
+            "RMSNormalization" => {
+                let (x, scale) = (self.req(n, 0)?, self.req(n, 1)?);
+                let t = self.ty(x);
+                let rank = t.shape.rank() as i64;
+                let axis = a.i("axis", -1);
+                let ax = if axis < 0 { axis + rank } else { axis };
+                if !(0..rank).contains(&ax) {
+                    return Err(format!("axis {axis} out of range for {t}"));
+                }
+                let stash = dtype_from_onnx(a.i("stash_type", 1) as i32).unwrap_or(DType::F32);
+                let xs = self.cast_to(x, stash)?;
+                let sq = self.bin(BinaryOp::Mul, xs, xs)?;
+                let ms = self.reduce(sq, ReduceOp::Mean, (ax..rank).collect(), true)?;
+                let eps = self.g.scalar(stash, a.f("epsilon", 1e-5) as f64);
+                let ms = self.bin(BinaryOp::Add, ms, eps)?;
+                let rms = self.un(UnaryOp::Sqrt, ms)?;
+                let y = self.bin(BinaryOp::Div, xs, rms)?;
+                let y = self.cast_to(y, t.dtype)?;
+                self.bin(BinaryOp::Mul, y, scale)?
+            }
+            "Trilu" => {
+                let x = self.req(n, 0)?;
+                let k = self.kints(n, 1)?.and_then(|v| v.first().copied()).unwrap_or(0);
+                let shape = self.concrete(x, "Trilu")?;
+                if shape.len() < 2 {
+                    return Err("Trilu needs rank >= 2".into());
+                }
+                let (r, c) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+                let upper = a.i("upper", 1) != 0;
+                let mut m = vec![0f64; r * c];
+                for i in 0..r {
+                    for j in 0..c {
+                        let d = j as i64 - i as i64;
+                        m[i * c + j] = if (upper && d >= k) || (!upper && d <= k) {
+                            1.0
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+                let mask = self
+                    .g
+                    .constant(Tensor::from_f64(DType::Bool, &m, &[r, c]).map_err(core)?);
+                let zero = self.scalar_like(x, 0.0);
+                self.op(Op::Where, &[mask, x, zero])?
             }
             "LeakyRelu" | "Elu" | "Selu" | "Celu" | "ThresholdedRelu" | "HardSigmoid" | "HardSwish" | "Softplus"
             | "Softsign" | "Mish" | "PRelu" | "Gelu" => self.activation(n, &a)?,
@@ -656,7 +739,7 @@ impl Ctx {
                 for i in 1..5 {
                     let v = self.req(n, i)?;
                     // [C] → [C, 1, 1, ...] to broadcast over NC...
-                    let axes: Vec<i64> = (1..rank.saturating_sub(1) as i64 + 1).collect();
+                    let axes: Vec<i64> = (1..rank.saturating_sub(1) as i64).collect();
                     p.push(if rank > 2 {
                         self.op(Op::Unsqueeze { axes }, &[v])?
                     } else {
@@ -1143,6 +1226,224 @@ impl Ctx {
         })
     }
 
+    fn attention(&mut self, n: &onnx::NodeProto, a: &Attrs) -> R<Vec<Value>> {
+        let (mut q, mut k, mut v) = (self.req(n, 0)?, self.req(n, 1)?, self.req(n, 2)?);
+        if self.input(n, 6)?.is_some() {
+            return Err("nonpad_kv_seqlen is not supported".into());
+        }
+        let qt = self.ty(q);
+        let dt = qt.dtype;
+        let three_d = qt.shape.rank() == 3;
+        let to4 = |c: &mut Ctx, x: Value, heads: i64| -> R<Value> {
+            let s = c.concrete(x, "Attention")?;
+            if heads <= 0 {
+                return Err("3-D Attention needs q_num_heads and kv_num_heads".into());
+            }
+            let r = c.op(
+                Op::Reshape {
+                    shape: vec![s[0] as i64, s[1] as i64, heads, -1],
+                },
+                &[x],
+            )?;
+            c.op(Op::Transpose { perm: vec![0, 2, 1, 3] }, &[r])
+        };
+        if three_d {
+            q = to4(self, q, a.i("q_num_heads", 0))?;
+            k = to4(self, k, a.i("kv_num_heads", 0))?;
+            v = to4(self, v, a.i("kv_num_heads", 0))?;
+        }
+        let qs = self.concrete(q, "Attention")?;
+        if qs.len() != 4 {
+            return Err(format!("Q must be 3-D or 4-D, got {qt}"));
+        }
+        let past = match self.input(n, 4)? {
+            Some(pk) => {
+                let p = self.concrete(pk.v, "past_key")?[2];
+                k = self.op(Op::Concat { axis: 2 }, &[pk.v, k])?;
+                p
+            }
+            None => 0,
+        };
+        if let Some(pv) = self.input(n, 5)? {
+            v = self.op(Op::Concat { axis: 2 }, &[pv.v, v])?;
+        }
+        let (present_k, present_v) = (k, v);
+        let ks = self.concrete(k, "Attention")?;
+        let (l, s) = (qs[2], ks[2]);
+        let mut bias: Option<Value> = None;
+        if let Some(m) = self.input(n, 3)? {
+            let mut m = m.v;
+            let mt = self.ty(m);
+            let ms = self.concrete(m, "attn_mask")?;
+            let last = *ms.last().ok_or("attn_mask must have rank >= 2")?;
+            if last < s {
+                let mut pads = vec![0i64; 2 * ms.len()];
+                pads[2 * ms.len() - 1] = (s - last) as i64;
+                let value = if mt.dtype == DType::Bool {
+                    0.0
+                } else {
+                    f64::NEG_INFINITY
+                };
+                m = self.op(
+                    Op::Pad {
+                        pads,
+                        mode: PadMode::Constant,
+                        value,
+                    },
+                    &[m],
+                )?;
+            }
+            if mt.dtype == DType::Bool {
+                let zero = self.g.scalar(dt, 0.0);
+                let ninf = self.g.scalar(dt, f64::NEG_INFINITY);
+                m = self.op(Op::Where, &[m, zero, ninf])?;
+            }
+            bias = Some(m);
+        }
+        if a.i("is_causal", 0) != 0 {
+            let mut c = vec![0f64; l * s];
+            for i in 0..l {
+                for j in past..s {
+                    if j - past > i {
+                        c[i * s + j] = f64::NEG_INFINITY;
+                    }
+                }
+            }
+            let cv = self.g.constant(Tensor::from_f64(dt, &c, &[l, s]).map_err(core)?);
+            bias = Some(match bias {
+                Some(b) => self.bin(BinaryOp::Add, b, cv)?,
+                None => cv,
+            });
+        }
+        let (hq, hkv) = (qs[1], ks[1]);
+        if hq != hkv {
+            if hkv == 0 || hq % hkv != 0 {
+                return Err(format!("q heads {hq} must be a multiple of kv heads {hkv}"));
+            }
+            let rep = hq / hkv;
+            let repeat = |c: &mut Ctx, x: Value| -> R<Value> {
+                let xs = c.concrete(x, "Attention")?;
+                let u = c.op(Op::Unsqueeze { axes: vec![2] }, &[x])?;
+                let e = c.op(
+                    Op::Expand {
+                        shape: vec![xs[0], xs[1], rep, xs[2], xs[3]],
+                    },
+                    &[u],
+                )?;
+                c.op(
+                    Op::Reshape {
+                        shape: vec![xs[0] as i64, hq as i64, xs[2] as i64, xs[3] as i64],
+                    },
+                    &[e],
+                )
+            };
+            k = repeat(self, k)?;
+            v = repeat(self, v)?;
+        }
+        let scale = if a.has("scale") {
+            a.f("scale", 1.0) as f64
+        } else {
+            1.0 / (qs[3] as f64).sqrt()
+        };
+        let qk = self.op(
+            Op::MatMul {
+                transpose_a: false,
+                transpose_b: true,
+            },
+            &[q, k],
+        )?;
+        let sc = self.g.scalar(dt, scale);
+        let mut qk = self.bin(BinaryOp::Mul, qk, sc)?;
+        let softcap = a.f("softcap", 0.0) as f64;
+        if softcap > 0.0 {
+            let c = self.g.scalar(dt, softcap);
+            let d = self.bin(BinaryOp::Div, qk, c)?;
+            let t = self.un(UnaryOp::Tanh, d)?;
+            qk = self.bin(BinaryOp::Mul, t, c)?;
+        }
+        let qkb = match bias {
+            Some(b) => self.bin(BinaryOp::Add, qk, b)?,
+            None => qk,
+        };
+        let sm_dt = if a.has("softmax_precision") {
+            dtype_from_onnx(a.i("softmax_precision", 1) as i32).unwrap_or(dt)
+        } else {
+            dt
+        };
+        let x = self.cast_to(qkb, sm_dt)?;
+        let sm = self.op(Op::Softmax { axis: -1 }, &[x])?;
+        let sm = self.cast_to(sm, dt)?;
+        let mode = a.i("qk_matmul_output_mode", 0);
+        let qk_out = match mode {
+            2 => qkb,
+            3 => sm,
+            _ => qk,
+        };
+        let mut y = self.op(
+            Op::MatMul {
+                transpose_a: false,
+                transpose_b: false,
+            },
+            &[sm, v],
+        )?;
+        if three_d {
+            let t = self.op(Op::Transpose { perm: vec![0, 2, 1, 3] }, &[y])?;
+            y = self.op(
+                Op::Reshape {
+                    shape: vec![qs[0] as i64, l as i64, -1],
+                },
+                &[t],
+            )?;
+        }
+        Ok(vec![y, present_k, present_v, qk_out])
+    }
+
+    /// Negative log-likelihood loss on log-probabilities `x` `[N, C, d...]`.
+    fn nll(&mut self, x: Value, t: Value, w: Option<Value>, a: &Attrs) -> R<Value> {
+        let dt = self.ty(x).dtype;
+        let t = self.cast_to(t, DType::I64)?;
+        let (safe, mask) = if a.has("ignore_index") {
+            let ig = self.g.scalar(DType::I64, a.i("ignore_index", 0) as f64);
+            let keep = self.bin(BinaryOp::NotEqual, t, ig)?;
+            let zero = self.g.scalar(DType::I64, 0.0);
+            let safe = self.op(Op::Where, &[keep, t, zero])?;
+            (safe, Some(self.cast_to(keep, dt)?))
+        } else {
+            (t, None)
+        };
+        let idx = self.op(Op::Unsqueeze { axes: vec![1] }, &[safe])?;
+        let g = self.op(Op::GatherElements { axis: 1 }, &[x, idx])?;
+        let g = self.op(Op::Squeeze { axes: vec![1] }, &[g])?;
+        let mut weight = match w {
+            Some(w) => Some(self.op(Op::Gather { axis: 0 }, &[w, safe])?),
+            None => None,
+        };
+        if let Some(m) = mask {
+            weight = Some(match weight {
+                Some(wv) => self.bin(BinaryOp::Mul, wv, m)?,
+                None => m,
+            });
+        }
+        let ng = self.un(UnaryOp::Neg, g)?;
+        let loss = match weight {
+            Some(wv) => self.bin(BinaryOp::Mul, ng, wv)?,
+            None => ng,
+        };
+        Ok(match a.s("reduction", "mean").as_str() {
+            "none" => loss,
+            "sum" => self.reduce(loss, ReduceOp::Sum, vec![], false)?,
+            "mean" => match weight {
+                Some(wv) => {
+                    let s = self.reduce(loss, ReduceOp::Sum, vec![], false)?;
+                    let d = self.reduce(wv, ReduceOp::Sum, vec![], false)?;
+                    self.bin(BinaryOp::Div, s, d)?
+                }
+                None => self.reduce(loss, ReduceOp::Mean, vec![], false)?,
+            },
+            r => return Err(format!("unknown reduction '{r}'")),
+        })
+    }
+
     fn layer_norm(&mut self, n: &onnx::NodeProto, a: &Attrs) -> R<Vec<Value>> {
         let x = self.req(n, 0)?;
         let scale = self.req(n, 1)?;
@@ -1213,6 +1514,11 @@ impl Ctx {
             _ => None,
         };
         if let Some(op) = simple {
+            if self.ty(x).dtype == DType::Bool {
+                let xi = self.cast_to(x, DType::U8)?;
+                let r = self.reduce(xi, op, axes, keep)?;
+                return self.cast_to(r, DType::Bool);
+            }
             return self.reduce(x, op, axes, keep);
         }
         Ok(match ot {
@@ -1474,7 +1780,7 @@ impl Model {
             .graph
             .as_ref()
             .ok_or_else(|| OnnxError::Parse("model has no graph".into()))?;
-        if !(7..=27).contains(&opset) {
+        if !(1..=27).contains(&opset) {
             return Err(OnnxError::Unsupported(format!(
                 "opset {opset} is not supported (7 to 27 are)"
             )));
@@ -1514,6 +1820,14 @@ impl Model {
             for (i, name) in n.input.iter().enumerate() {
                 if static_input(n.op_type(), i) {
                     needs_value.insert(name.as_str());
+                }
+            }
+        }
+        // A value needed statically needs its producer's inputs too (shape arithmetic).
+        for n in g.node.iter().rev() {
+            if n.output.iter().any(|o| needs_value.contains(o.as_str())) {
+                for i in &n.input {
+                    needs_value.insert(i.as_str());
                 }
             }
         }
@@ -1571,7 +1885,7 @@ impl Model {
                 .collect::<R<_>>()
                 .map_err(err)?;
             let all_const = ins.iter().all(|e| e.as_ref().is_none_or(|e| e.k.is_some()))
-                && !matches!(n.op_type(), "Constant" | "Shape" | "Size" | "ConstantOfShape" | "Range");
+                && !matches!(n.op_type(), "Constant" | "Shape" | "Size" | "ConstantOfShape");
             let outs: Vec<Entry> = if all_const && !ins.is_empty() {
                 let given: Vec<(String, Tensor)> = n
                     .input
