@@ -24,7 +24,6 @@ if [ ! -f "$DEST/.complete" ]; then
   cp -r "$TMP/onnx/backend/test/data/node/." "$DEST/"
   touch "$DEST/.complete"
 fi
-cargo run --release -p stitch-onnx --example conformance -- "$DEST" target/onnx-conformance
-mkdir -p docs
+cargo run -p stitch-onnx --example conformance -- "$DEST" target/onnx-conformance
 cp target/onnx-conformance/per-op.md crates/stitch-onnx/conformance-summary.md
 echo "report: target/onnx-conformance/report.json; per-op table: crates/stitch-onnx/conformance-summary.md"

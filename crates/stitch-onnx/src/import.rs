@@ -1699,8 +1699,8 @@ fn eval_constant(
     exe.run(&[], &mut st).map_err(core)
 }
 
-fn walk_ops<'a>(g: &'a onnx::GraphProto, out: &mut BTreeMap<String, Vec<&'a str>>) {
-    for n in &g.node {
+fn walk_ops(g: &onnx::GraphProto, out: &mut BTreeMap<String, Vec<String>>) {
+    for (i, n) in g.node.iter().enumerate() {
         let domain = n.domain();
         let key = if domain.is_empty() || domain == "ai.onnx" {
             n.op_type().to_string()
@@ -1709,7 +1709,12 @@ fn walk_ops<'a>(g: &'a onnx::GraphProto, out: &mut BTreeMap<String, Vec<&'a str>
         };
         let supported = (domain.is_empty() || domain == "ai.onnx") && SUPPORTED_OPS.contains(&n.op_type());
         if !supported {
-            out.entry(key).or_default().push(n.name());
+            let name = if n.name().is_empty() {
+                format!("#{i}")
+            } else {
+                n.name().to_string()
+            };
+            out.entry(key).or_default().push(name);
         }
         for a in &n.attribute {
             if let Some(sub) = &a.g {
@@ -1720,6 +1725,34 @@ fn walk_ops<'a>(g: &'a onnx::GraphProto, out: &mut BTreeMap<String, Vec<&'a str>
             }
         }
     }
+}
+
+/// The graph inputs (not initializers) with their declared types.
+pub fn declared_inputs(m: &onnx::ModelProto) -> Result<Vec<(String, TensorType)>> {
+    let g = m
+        .graph
+        .as_ref()
+        .ok_or_else(|| OnnxError::Parse("model has no graph".into()))?;
+    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
+    g.input
+        .iter()
+        .filter(|v| !inits.contains(v.name()))
+        .map(|v| Ok((v.name().to_string(), type_of(v).map_err(OnnxError::Parse)?)))
+        .collect()
+}
+
+/// The graph outputs with their declared types (`?` where not declared).
+pub fn declared_outputs(m: &onnx::ModelProto) -> Vec<(String, String)> {
+    m.graph
+        .iter()
+        .flat_map(|g| &g.output)
+        .map(|v| {
+            (
+                v.name().to_string(),
+                type_of(v).map(|t| t.to_string()).unwrap_or_else(|_| "?".into()),
+            )
+        })
+        .collect()
 }
 
 fn type_of(vi: &onnx::ValueInfoProto) -> R<TensorType> {

@@ -19,7 +19,9 @@ pub mod conformance;
 pub mod fetch;
 mod import;
 
-pub use import::{dtype_from_onnx, tensor_from_proto, ImportOptions, Model, SUPPORTED_OPS};
+pub use import::{
+    declared_inputs, declared_outputs, dtype_from_onnx, tensor_from_proto, ImportOptions, Model, SUPPORTED_OPS,
+};
 
 use std::fmt;
 
