@@ -120,6 +120,9 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "IsInf",
 ];
 
+/// Largest tensor (elements) the importer computes or creates as a constant.
+const MAX_FOLD_ELEMENTS: usize = 1 << 28;
+
 /// Options for [`Model::import`].
 #[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
@@ -1722,6 +1725,15 @@ fn eval_constant(
         c.env.insert(name.clone(), Entry { v, k: Some(t.clone()) });
     }
     let outs = c.convert(n)?;
+    for v in &outs {
+        let ty = c.g.ty(*v);
+        let numel = ty
+            .concrete()
+            .and_then(|d| d.iter().try_fold(1usize, |a, &x| a.checked_mul(x)));
+        if numel.is_none_or(|n| n > MAX_FOLD_ELEMENTS) {
+            return Err(format!("constant result {ty} is too large to compute at import time"));
+        }
+    }
     let exe = Executable::compile(
         &c.g,
         &outs,
