@@ -5,3 +5,4 @@ pub mod demo;
 pub mod generate;
 pub mod info;
 pub mod ops_table;
+pub mod run;

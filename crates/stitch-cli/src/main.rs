@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use stitch_cli::{demo, info, ops_table};
+use stitch_cli::{demo, info, ops_table, run};
 use stitch_cpu::CpuBackend;
 
 #[derive(Parser)]
@@ -24,8 +24,42 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show the version, build features and the devices stitch can use.
-    Info,
+    /// Show the version, build features and the devices stitch can use; with a
+    /// model file, its inputs, outputs, opset, op histogram and parameter count.
+    Info {
+        /// An ONNX model to describe.
+        model: Option<std::path::PathBuf>,
+    },
+    /// Run an ONNX model on the CPU: print each output's name, shape, dtype and first values.
+    #[command(after_help = "Example:\n  stitch run model.onnx --random-inputs --seed 1 --runs 20 --output out.npz")]
+    Run {
+        /// The ONNX model.
+        model: std::path::PathBuf,
+        /// An input as NAME=FILE.npy (repeatable).
+        #[arg(long = "input")]
+        input: Vec<String>,
+        /// An .npz file of inputs keyed by name.
+        #[arg(long)]
+        inputs: Option<std::path::PathBuf>,
+        /// Fill inputs not given with seeded random values (symbolic dims become 1).
+        #[arg(long)]
+        random_inputs: bool,
+        /// Seed for --random-inputs.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write the outputs to this .npz, keyed by output name.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+        /// Device (only `cpu` for now).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Worker threads (default: RAYON_NUM_THREADS or all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Repeat N times after a warm-up and print min and median latency.
+        #[arg(long, default_value_t = 0)]
+        runs: usize,
+    },
     /// Build, compile and run a transformer block with seeded random weights on the CPU.
     ///
     /// The block (RMSNorm, Q/K/V projections, RoPE, grouped-query causal attention,
@@ -160,7 +194,36 @@ fn set_threads(threads: Option<usize>) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), String> = match cli.command {
-        Command::Info => print_text(&info::report()),
+        Command::Info { model: None } => print_text(&info::report()),
+        Command::Info { model: Some(m) } => run::model_info(&m).and_then(|t| print_text(&t)),
+        Command::Run {
+            model,
+            input,
+            inputs,
+            random_inputs,
+            seed,
+            output,
+            device,
+            threads,
+            runs,
+        } => {
+            if device != "cpu" {
+                Err(format!("--device {device}: only `cpu` is available for ONNX models"))
+            } else {
+                set_threads(threads).and_then(|_| {
+                    run::run(&run::RunArgs {
+                        model,
+                        inputs: input,
+                        inputs_npz: inputs,
+                        random_inputs,
+                        seed,
+                        output,
+                        runs,
+                    })
+                    .and_then(|t| print_text(&t))
+                })
+            }
+        }
         Command::Demo {
             batch,
             seq,

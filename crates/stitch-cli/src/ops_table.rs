@@ -218,5 +218,11 @@ pub fn markdown(backends: &[&dyn Backend]) -> String {
         }
         s.push('\n');
     }
+    let _ = writeln!(
+        s,
+        "\n## ONNX conformance (CPU)\n\nThe ONNX backend node tests of onnx 1.22.0, by the op type of each case's node \
+(`scripts/onnx-conformance.sh` regenerates `crates/stitch-onnx/conformance-summary.md`, which this section includes).\n"
+    );
+    s.push_str(include_str!("../../stitch-onnx/conformance-summary.md"));
     s
 }
