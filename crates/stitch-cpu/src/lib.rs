@@ -55,7 +55,10 @@ impl Backend for CpuBackend {
     }
 
     fn run_plan(&self, f: &mut (dyn FnMut() + Send)) {
-        driver::run(f)
+        driver::run(&mut || {
+            f();
+            kernels::scratch::sync_all_threads();
+        });
     }
 
     fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<stitch_core::Outputs> {

@@ -114,15 +114,25 @@ fn with_workspace<R>(
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,
 ) -> R {
+    let max = if std::ptr::eq(key, &A_PACK) { &A_MAX } else { &B_MAX };
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut v) => {
-            if v.len() < len {
-                v.resize(len, 0.0);
-            }
+            super::scratch::grow(&mut v, len, max);
             f(&mut v[..len])
         }
         Err(_) => f(&mut vec![0.0; len]),
     })
+}
+
+/// Largest packing workspaces any thread needed.
+static A_MAX: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static B_MAX: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Grows this thread's packing workspaces to the largest sizes seen.
+pub(crate) fn warm_workspaces() {
+    use std::sync::atomic::Ordering;
+    with_workspace(&A_PACK, A_MAX.load(Ordering::Relaxed), |_| ());
+    with_workspace(&B_PACK, B_MAX.load(Ordering::Relaxed), |_| ());
 }
 
 /// `C[m×n] = beta·C + alpha·A[m×k]·B[k×n]`, `C` contiguous row-major. When
