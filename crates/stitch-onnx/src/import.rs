@@ -14,6 +14,24 @@ use crate::{OnnxError, Result};
 pub const SUPPORTED_OPS: &[&str] = &[
     "Abs",
     "Attention",
+    "Tan",
+    "Sinh",
+    "Cosh",
+    "Asinh",
+    "Acosh",
+    "Atanh",
+    "Shrink",
+    "Swish",
+    "EyeLike",
+    "SpaceToDepth",
+    "DepthToSpace",
+    "InstanceNormalization",
+    "MeanVarianceNormalization",
+    "Hardmax",
+    "LpNormalization",
+    "HannWindow",
+    "HammingWindow",
+    "BlackmanWindow",
     "GatherND",
     "NegativeLogLikelihoodLoss",
     "SoftmaxCrossEntropyLoss",
@@ -373,6 +391,7 @@ fn static_input(op: &str, i: usize) -> bool {
         "Slice" | "Pad" | "Clip" | "Dropout" => i >= 1,
         "Trilu" => i == 1,
         "Range" => true,
+        "HannWindow" | "HammingWindow" | "BlackmanWindow" => i == 0,
         op if op.starts_with("Reduce") => i >= 1,
         _ => false,
     }
@@ -614,6 +633,234 @@ impl Ctx {
                 }
             }
             "Attention" => return self.attention(n, &a),
+            "Tan" | "Sinh" | "Cosh" | "Asinh" | "Acosh" | "Atanh" => {
+                let x = self.req(n, 0)?;
+                let one = self.scalar_like(x, 1.0);
+                let half = self.scalar_like(x, 0.5);
+                match ot {
+                    "Tan" => {
+                        let (sn, cs) = (self.un(UnaryOp::Sin, x)?, self.un(UnaryOp::Cos, x)?);
+                        self.bin(BinaryOp::Div, sn, cs)?
+                    }
+                    "Sinh" | "Cosh" => {
+                        let e = self.un(UnaryOp::Exp, x)?;
+                        let nx = self.un(UnaryOp::Neg, x)?;
+                        let en = self.un(UnaryOp::Exp, nx)?;
+                        let d = self.bin(if ot == "Sinh" { BinaryOp::Sub } else { BinaryOp::Add }, e, en)?;
+                        self.bin(BinaryOp::Mul, d, half)?
+                    }
+                    "Asinh" | "Acosh" => {
+                        let sq = self.bin(BinaryOp::Mul, x, x)?;
+                        let r = self.bin(if ot == "Asinh" { BinaryOp::Add } else { BinaryOp::Sub }, sq, one)?;
+                        let r = self.un(UnaryOp::Sqrt, r)?;
+                        let t = self.bin(BinaryOp::Add, x, r)?;
+                        self.un(UnaryOp::Log, t)?
+                    }
+                    _ => {
+                        let num = self.bin(BinaryOp::Add, one, x)?;
+                        let den = self.bin(BinaryOp::Sub, one, x)?;
+                        let q = self.bin(BinaryOp::Div, num, den)?;
+                        let l = self.un(UnaryOp::Log, q)?;
+                        self.bin(BinaryOp::Mul, l, half)?
+                    }
+                }
+            }
+            "Shrink" => {
+                let x = self.req(n, 0)?;
+                let lambd = self.scalar_like(x, a.f("lambd", 0.5) as f64);
+                let bias = self.scalar_like(x, a.f("bias", 0.0) as f64);
+                let nl = self.scalar_like(x, -(a.f("lambd", 0.5) as f64));
+                let zero = self.scalar_like(x, 0.0);
+                let lo = self.bin(BinaryOp::Less, x, nl)?;
+                let hi = self.bin(BinaryOp::Greater, x, lambd)?;
+                let xp = self.bin(BinaryOp::Add, x, bias)?;
+                let xm = self.bin(BinaryOp::Sub, x, bias)?;
+                let y = self.op(Op::Where, &[hi, xm, zero])?;
+                self.op(Op::Where, &[lo, xp, y])?
+            }
+            "Swish" => {
+                let x = self.req(n, 0)?;
+                let al = self.scalar_like(x, a.f("alpha", 1.0) as f64);
+                let ax = self.bin(BinaryOp::Mul, x, al)?;
+                let s = self.un(UnaryOp::Sigmoid, ax)?;
+                self.bin(BinaryOp::Mul, x, s)?
+            }
+            "EyeLike" => {
+                let x = self.req(n, 0)?;
+                let s = self.concrete(x, "EyeLike")?;
+                if s.len() != 2 {
+                    return Err("EyeLike needs a 2-D input".into());
+                }
+                let dt = if a.has("dtype") {
+                    let c = a.i("dtype", 1) as i32;
+                    dtype_from_onnx(c).ok_or_else(|| format!("unsupported dtype {}", dtype_name(c)))?
+                } else {
+                    self.ty(x).dtype
+                };
+                let k = a.i("k", 0);
+                let v: Vec<f64> = (0..s[0] * s[1])
+                    .map(|i| {
+                        if (i % s[1]) as i64 - (i / s[1]) as i64 == k {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                self.g.constant(Tensor::from_f64(dt, &v, &s).map_err(core)?)
+            }
+            "SpaceToDepth" | "DepthToSpace" => {
+                let x = self.req(n, 0)?;
+                let s = self.concrete(x, ot)?;
+                if s.len() != 4 {
+                    return Err(format!("{ot} needs a 4-D input"));
+                }
+                let b = a.i("blocksize", 0);
+                if b <= 0 {
+                    return Err("blocksize must be positive".into());
+                }
+                let (nn, c, h, w) = (s[0] as i64, s[1] as i64, s[2] as i64, s[3] as i64);
+                if ot == "SpaceToDepth" {
+                    let r = self.op(
+                        Op::Reshape {
+                            shape: vec![nn, c, h / b, b, w / b, b],
+                        },
+                        &[x],
+                    )?;
+                    let t = self.op(
+                        Op::Transpose {
+                            perm: vec![0, 3, 5, 1, 2, 4],
+                        },
+                        &[r],
+                    )?;
+                    self.op(
+                        Op::Reshape {
+                            shape: vec![nn, c * b * b, h / b, w / b],
+                        },
+                        &[t],
+                    )?
+                } else {
+                    let crd = a.s("mode", "DCR") == "CRD";
+                    let (shape, perm) = if crd {
+                        (vec![nn, c / (b * b), b, b, h, w], vec![0, 1, 4, 2, 5, 3])
+                    } else {
+                        (vec![nn, b, b, c / (b * b), h, w], vec![0, 3, 4, 1, 5, 2])
+                    };
+                    let r = self.op(Op::Reshape { shape }, &[x])?;
+                    let t = self.op(Op::Transpose { perm }, &[r])?;
+                    self.op(
+                        Op::Reshape {
+                            shape: vec![nn, c / (b * b), h * b, w * b],
+                        },
+                        &[t],
+                    )?
+                }
+            }
+            "InstanceNormalization" | "MeanVarianceNormalization" => {
+                let x = self.req(n, 0)?;
+                let rank = self.ty(x).shape.rank() as i64;
+                let axes = if ot == "InstanceNormalization" {
+                    (2..rank).collect()
+                } else {
+                    a.ints("axes").unwrap_or(vec![0, 2, 3])
+                };
+                let mean = self.reduce(x, ReduceOp::Mean, axes.clone(), true)?;
+                let d = self.bin(BinaryOp::Sub, x, mean)?;
+                let sq = self.bin(BinaryOp::Mul, d, d)?;
+                let var = self.reduce(sq, ReduceOp::Mean, axes, true)?;
+                let eps = if ot == "InstanceNormalization" {
+                    a.f("epsilon", 1e-5) as f64
+                } else {
+                    1e-9
+                };
+                let eps = self.scalar_like(x, eps);
+                let ve = self.bin(BinaryOp::Add, var, eps)?;
+                let sd = self.un(UnaryOp::Sqrt, ve)?;
+                let y = self.bin(BinaryOp::Div, d, sd)?;
+                if ot == "InstanceNormalization" {
+                    let axes: Vec<i64> = (1..rank - 1).collect();
+                    let sc = self.req(n, 1)?;
+                    let bi = self.req(n, 2)?;
+                    let sc = self.op(Op::Unsqueeze { axes: axes.clone() }, &[sc])?;
+                    let bi = self.op(Op::Unsqueeze { axes }, &[bi])?;
+                    let y = self.bin(BinaryOp::Mul, y, sc)?;
+                    self.bin(BinaryOp::Add, y, bi)?
+                } else {
+                    y
+                }
+            }
+            "Hardmax" => {
+                let x = self.req(n, 0)?;
+                let t = self.ty(x);
+                let axis = a.i("axis", if opset >= 13 { -1 } else { 1 });
+                if opset < 13 && axis != -1 && axis != t.shape.rank() as i64 - 1 {
+                    return Err("Hardmax before opset 13 over flattened axes is not supported".into());
+                }
+                let ax = stitch_core::shape::normalize_axis(axis, t.shape.rank()).ok_or("axis out of range")?;
+                let depth = t.shape.dims()[ax]
+                    .known()
+                    .ok_or("Hardmax needs a known size along its axis")?;
+                let i = self.op(
+                    Op::ArgReduce {
+                        op: stitch_core::ops::ArgReduceOp::ArgMax,
+                        axis,
+                        keepdims: false,
+                        select_last_index: false,
+                    },
+                    &[x],
+                )?;
+                self.op(
+                    Op::OneHot {
+                        depth,
+                        axis: ax as i64,
+                        dtype: t.dtype,
+                        on_value: 1.0,
+                        off_value: 0.0,
+                    },
+                    &[i],
+                )?
+            }
+            "LpNormalization" => {
+                let x = self.req(n, 0)?;
+                let axis = a.i("axis", -1);
+                let nrm = if a.i("p", 2) == 1 {
+                    let ab = self.un(UnaryOp::Abs, x)?;
+                    self.reduce(ab, ReduceOp::Sum, vec![axis], true)?
+                } else {
+                    let sq = self.bin(BinaryOp::Mul, x, x)?;
+                    let s = self.reduce(sq, ReduceOp::Sum, vec![axis], true)?;
+                    self.un(UnaryOp::Sqrt, s)?
+                };
+                // A zero norm means an all-zero slice: divide by 1 to keep it zero.
+                let zero = self.scalar_like(x, 0.0);
+                let one = self.scalar_like(x, 1.0);
+                let is0 = self.bin(BinaryOp::Equal, nrm, zero)?;
+                let nrm = self.op(Op::Where, &[is0, one, nrm])?;
+                self.bin(BinaryOp::Div, x, nrm)?
+            }
+            "HannWindow" | "HammingWindow" | "BlackmanWindow" => {
+                let size = *self.kints(n, 0)?.ok_or("missing size")?.first().ok_or("empty size")?;
+                let size = usize::try_from(size).map_err(|_| format!("negative size {size}"))?;
+                if size > MAX_FOLD_ELEMENTS {
+                    return Err(format!("window size {size} is too large"));
+                }
+                let periodic = a.i("periodic", 1) != 0;
+                let nn = if periodic { size as f64 } else { size as f64 - 1.0 };
+                let tau = 2.0 * std::f64::consts::PI;
+                let v: Vec<f64> = (0..size)
+                    .map(|i| {
+                        let t = tau * i as f64 / nn;
+                        match ot {
+                            "HannWindow" => 0.5 - 0.5 * t.cos(),
+                            "HammingWindow" => 25.0 / 46.0 - (21.0 / 46.0) * t.cos(),
+                            _ => 0.42 - 0.5 * t.cos() + 0.08 * (2.0 * t).cos(),
+                        }
+                    })
+                    .collect();
+                let c = a.i("output_datatype", 1) as i32;
+                let dt = dtype_from_onnx(c).ok_or_else(|| format!("unsupported dtype {}", dtype_name(c)))?;
+                self.g.constant(Tensor::from_f64(dt, &v, &[size]).map_err(core)?)
+            }
             "GatherND" => {
                 let (x, idx) = (self.req(n, 0)?, self.req(n, 1)?);
                 if a.i("batch_dims", 0) != 0 {
