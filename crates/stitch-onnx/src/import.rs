@@ -262,6 +262,11 @@ pub fn tensor_from_proto(t: &onnx::TensorProto, base: Option<&Path>) -> Result<T
             .ok_or_else(|| format!("tensor '{}': dims {:?} overflow", t.name(), t.dims))?;
         shape.push(d);
     }
+    // Strides multiply the non-zero dims even when a zero dim empties the tensor.
+    let span = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d.max(1)));
+    if span.is_none_or(|s| s > isize::MAX as usize / 16) {
+        return Err(format!("tensor '{}': dims {:?} are too large", t.name(), t.dims));
+    }
     let size = dtype.size_in_bytes();
     let want = numel
         .checked_mul(size)
