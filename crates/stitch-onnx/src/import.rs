@@ -14,6 +14,7 @@ use crate::{OnnxError, Result};
 pub const SUPPORTED_OPS: &[&str] = &[
     "Abs",
     "Attention",
+    "If",
     "Tan",
     "Sinh",
     "Cosh",
@@ -396,6 +397,7 @@ fn static_input(op: &str, i: usize) -> bool {
         "Slice" | "Pad" | "Clip" | "Dropout" => i >= 1,
         "Trilu" => i == 1,
         "Range" => true,
+        "If" => i == 0,
         "HannWindow" | "HammingWindow" | "BlackmanWindow" => i == 0,
         op if op.starts_with("Reduce") => i >= 1,
         _ => false,
@@ -475,6 +477,60 @@ impl Ctx {
 
     fn reduce(&mut self, x: Value, op: ReduceOp, axes: Vec<i64>, keepdims: bool) -> R<Value> {
         self.op(Op::Reduce { op, axes, keepdims }, &[x])
+    }
+
+    /// Imports `nodes` in order, binding their outputs in `env`.
+    fn import_nodes(&mut self, nodes: &[onnx::NodeProto]) -> Result<()> {
+        for (idx, n) in nodes.iter().enumerate() {
+            let node_name = if n.name().is_empty() {
+                format!("#{idx}")
+            } else {
+                n.name().to_string()
+            };
+            let err = |message: String| OnnxError::Node {
+                node: node_name.clone(),
+                op_type: n.op_type().to_string(),
+                message,
+            };
+            let ins: Vec<Option<Entry>> = (0..n.input.len())
+                .map(|i| self.input(n, i))
+                .collect::<R<_>>()
+                .map_err(err)?;
+            let all_const = ins.iter().all(|e| e.as_ref().is_none_or(|e| e.k.is_some()))
+                && !matches!(n.op_type(), "Constant" | "Shape" | "Size" | "ConstantOfShape" | "If");
+            let outs: Vec<Entry> = if all_const && !ins.is_empty() {
+                let given: Vec<(String, Tensor)> = n
+                    .input
+                    .iter()
+                    .zip(&ins)
+                    .filter_map(|(name, e)| e.as_ref().and_then(|e| e.k.clone()).map(|k| (name.clone(), k)))
+                    .collect();
+                let ts = eval_constant(n, &given, self.opset, self.base_dir.clone()).map_err(err)?;
+                ts.into_iter()
+                    .map(|t| Entry {
+                        v: self.g.constant(t.clone()),
+                        k: Some(t),
+                    })
+                    .collect()
+            } else {
+                let vs = self.convert(n).map_err(err)?;
+                vs.into_iter()
+                    .map(|v| {
+                        let k = match &self.g.node(v.node).op {
+                            Op::Constant(t) => Some(t.clone()),
+                            _ => None,
+                        };
+                        Entry { v, k }
+                    })
+                    .collect()
+            };
+            for (name, e) in n.output.iter().zip(outs) {
+                if !name.is_empty() {
+                    self.env.insert(name.clone(), e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Converts one node; returns its outputs.
@@ -638,6 +694,31 @@ impl Ctx {
                 }
             }
             "Attention" => return self.attention(n, &a),
+            "If" => {
+                let cond = self.konst(n, 0)?.ok_or("missing cond")?;
+                let c = *cond.to_f64_vec().first().ok_or("empty cond")?;
+                let branch = if c != 0.0 { "then_branch" } else { "else_branch" };
+                let g =
+                    a.0.get(branch)
+                        .and_then(|b| b.g.as_ref())
+                        .ok_or_else(|| format!("missing {branch}"))?;
+                for t in &g.initializer {
+                    let tensor = tensor_from_proto(t, self.base_dir.as_deref())?;
+                    let v = self.g.constant(tensor.clone());
+                    self.env.insert(t.name().to_string(), Entry { v, k: Some(tensor) });
+                }
+                self.import_nodes(&g.node).map_err(|e| format!("in {branch}: {e}"))?;
+                return g
+                    .output
+                    .iter()
+                    .map(|o| {
+                        self.env
+                            .get(o.name())
+                            .map(|e| e.v)
+                            .ok_or_else(|| format!("{branch} output '{}' is not produced", o.name()))
+                    })
+                    .collect();
+            }
             "Tan" | "Sinh" | "Cosh" | "Asinh" | "Acosh" | "Atanh" => {
                 let x = self.req(n, 0)?;
                 let one = self.scalar_like(x, 1.0);
@@ -2200,55 +2281,7 @@ impl Model {
             };
             c.env.insert(name, entry);
         }
-        for (idx, n) in g.node.iter().enumerate() {
-            let node_name = if n.name().is_empty() {
-                format!("#{idx}")
-            } else {
-                n.name().to_string()
-            };
-            let err = |message: String| OnnxError::Node {
-                node: node_name.clone(),
-                op_type: n.op_type().to_string(),
-                message,
-            };
-            let ins: Vec<Option<Entry>> = (0..n.input.len())
-                .map(|i| c.input(n, i))
-                .collect::<R<_>>()
-                .map_err(err)?;
-            let all_const = ins.iter().all(|e| e.as_ref().is_none_or(|e| e.k.is_some()))
-                && !matches!(n.op_type(), "Constant" | "Shape" | "Size" | "ConstantOfShape");
-            let outs: Vec<Entry> = if all_const && !ins.is_empty() {
-                let given: Vec<(String, Tensor)> = n
-                    .input
-                    .iter()
-                    .zip(&ins)
-                    .filter_map(|(name, e)| e.as_ref().and_then(|e| e.k.clone()).map(|k| (name.clone(), k)))
-                    .collect();
-                let ts = eval_constant(n, &given, opset, c.base_dir.clone()).map_err(err)?;
-                ts.into_iter()
-                    .map(|t| Entry {
-                        v: c.g.constant(t.clone()),
-                        k: Some(t),
-                    })
-                    .collect()
-            } else {
-                let vs = c.convert(n).map_err(err)?;
-                vs.into_iter()
-                    .map(|v| {
-                        let k = match &c.g.node(v.node).op {
-                            Op::Constant(t) => Some(t.clone()),
-                            _ => None,
-                        };
-                        Entry { v, k }
-                    })
-                    .collect()
-            };
-            for (name, e) in n.output.iter().zip(outs) {
-                if !name.is_empty() {
-                    c.env.insert(name.clone(), e);
-                }
-            }
-        }
+        c.import_nodes(&g.node)?;
         let mut outputs = vec![];
         for vi in &g.output {
             let e = c
