@@ -645,7 +645,14 @@ impl Ctx {
             "CastLike" => {
                 let (x, y) = (self.req(n, 0)?, self.req(n, 1)?);
                 let dt = self.g.ty(y).dtype;
-                self.op(Op::Cast(dt), &[x])?
+                match self.input(n, 0)?.and_then(|e| e.k) {
+                    // Only the dtype of `like` matters: a constant input stays a constant.
+                    Some(k) => {
+                        let t = fold(Op::Cast(dt), &[k])?;
+                        self.g.constant(t)
+                    }
+                    None => self.op(Op::Cast(dt), &[x])?,
+                }
             }
             "IsNaN" => {
                 let x = self.req(n, 0)?;
@@ -1128,12 +1135,17 @@ impl Ctx {
                 let x = self.req(n, 0)?;
                 let shape = self.kints(n, 1)?.ok_or("missing shape")?;
                 if a.i("allowzero", 0) != 0 && shape.contains(&0) {
-                    if shape.contains(&-1) {
-                        return Err("allowzero with both 0 and -1 in the shape is invalid".into());
+                    // Literal zeros: the result is empty, so it is a constant of that shape.
+                    if shape.iter().any(|&d| d < 0) {
+                        return Err(format!("allowzero shape {shape:?} with 0 must not hold negative dims"));
                     }
-                    let s: Vec<i64> = shape.clone();
-                    // Literal zeros: the result is empty; express with known dims.
-                    self.op(Op::Reshape { shape: s }, &[x])?
+                    let xs = self.concrete(x, "Reshape with allowzero")?;
+                    if xs.iter().product::<usize>() != 0 {
+                        return Err(format!("cannot reshape {xs:?} to the empty shape {shape:?}"));
+                    }
+                    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+                    let dt = self.ty(x).dtype;
+                    self.g.constant(Tensor::zeros(dt, &dims))
                 } else {
                     self.op(Op::Reshape { shape }, &[x])?
                 }
@@ -1598,9 +1610,6 @@ impl Ctx {
 
     fn attention(&mut self, n: &onnx::NodeProto, a: &Attrs) -> R<Vec<Value>> {
         let (mut q, mut k, mut v) = (self.req(n, 0)?, self.req(n, 1)?, self.req(n, 2)?);
-        if self.input(n, 6)?.is_some() {
-            return Err("nonpad_kv_seqlen is not supported".into());
-        }
         let qt = self.ty(q);
         let dt = qt.dtype;
         let three_d = qt.shape.rank() == 3;
@@ -1683,6 +1692,23 @@ impl Ctx {
             bias = Some(match bias {
                 Some(b) => self.bin(BinaryOp::Add, b, cv)?,
                 None => cv,
+            });
+        }
+        if let Some(np) = self.input(n, 6)? {
+            // Keys at positions >= nonpad_kv_seqlen[b] are padding.
+            let np = self.cast_to(np.v, DType::I64)?;
+            let np = self.op(Op::Unsqueeze { axes: vec![1] }, &[np])?;
+            let pos = self
+                .g
+                .constant(Tensor::from_vec((0..s as i64).collect::<Vec<_>>(), &[s]).map_err(core)?);
+            let keep = self.bin(BinaryOp::Less, pos, np)?;
+            let zero = self.g.scalar(dt, 0.0);
+            let ninf = self.g.scalar(dt, f64::NEG_INFINITY);
+            let m = self.op(Op::Where, &[keep, zero, ninf])?;
+            let m = self.op(Op::Unsqueeze { axes: vec![1, 2] }, &[m])?;
+            bias = Some(match bias {
+                Some(b) => self.bin(BinaryOp::Add, b, m)?,
+                None => m,
             });
         }
         let (hq, hkv) = (qs[1], ks[1]);
@@ -2038,6 +2064,25 @@ impl Ctx {
             self.op(Op::AvgPool(attrs), &[x])
         }
     }
+}
+
+/// Computes `op` on constant inputs on the CPU.
+fn fold(op: Op, inputs: &[Tensor]) -> R<Tensor> {
+    let mut g = Graph::new();
+    let ins: Vec<Value> = inputs.iter().map(|t| g.constant(t.clone())).collect();
+    let v = g.add_op(op, &ins).map_err(core)?;
+    let exe = Executable::compile(
+        &g,
+        &[v],
+        Arc::new(stitch_cpu::CpuBackend::new()),
+        CompileOptions::default(),
+    )
+    .map_err(core)?;
+    let mut st = exe.new_state();
+    exe.run(&[], &mut st)
+        .map_err(core)?
+        .pop()
+        .ok_or_else(|| "no output".to_string())
 }
 
 /// Evaluates `f` on a scratch graph whose inputs are the constants `inputs`, on the CPU.
