@@ -14,6 +14,9 @@ use crate::{OnnxError, Result};
 pub const SUPPORTED_OPS: &[&str] = &[
     "Abs",
     "Attention",
+    "CumProd",
+    "Scatter",
+    "Compress",
     "If",
     "Tan",
     "Sinh",
@@ -393,10 +396,11 @@ struct Entry {
 fn static_input(op: &str, i: usize) -> bool {
     match op {
         "Reshape" | "Expand" | "Tile" | "ConstantOfShape" | "Squeeze" | "Unsqueeze" | "Split" | "TopK" | "CumSum"
-        | "OneHot" => i >= 1 || op == "ConstantOfShape",
+        | "CumProd" | "OneHot" => i >= 1 || op == "ConstantOfShape",
         "Slice" | "Pad" | "Clip" | "Dropout" => i >= 1,
         "Trilu" => i == 1,
         "Range" => true,
+        "Compress" => i == 1,
         "If" => i == 0,
         "HannWindow" | "HammingWindow" | "BlackmanWindow" => i == 0,
         op if op.starts_with("Reduce") => i >= 1,
@@ -701,6 +705,71 @@ impl Ctx {
                 }
             }
             "Attention" => return self.attention(n, &a),
+            "CumProd" => {
+                // Exact for integers too: each position is the product of its prefix (O(L^2) work).
+                let x = self.req(n, 0)?;
+                let axis = *self.kints(n, 1)?.ok_or("missing axis")?.first().ok_or("empty axis")?;
+                let t = self.ty(x);
+                let ax = stitch_core::shape::normalize_axis(axis, t.shape.rank()).ok_or("axis out of range")?;
+                let len = t.shape.dims()[ax]
+                    .known()
+                    .ok_or("CumProd needs a known size along its axis")?;
+                if len > 4096 {
+                    return Err(format!(
+                        "CumProd along an axis of {len} elements is not supported (max 4096)"
+                    ));
+                }
+                let (excl, rev) = (a.i("exclusive", 0) != 0, a.i("reverse", 0) != 0);
+                let mut parts = vec![];
+                for i in 0..len as i64 {
+                    let (lo, hi) = match (rev, excl) {
+                        (false, false) => (0, i + 1),
+                        (false, true) => (0, i),
+                        (true, false) => (i, len as i64),
+                        (true, true) => (i + 1, len as i64),
+                    };
+                    let sl = self.op(
+                        Op::Slice {
+                            starts: vec![lo],
+                            ends: vec![hi],
+                            axes: vec![ax as i64],
+                            steps: vec![],
+                        },
+                        &[x],
+                    )?;
+                    parts.push(self.reduce(sl, ReduceOp::Prod, vec![ax as i64], true)?);
+                }
+                self.op(Op::Concat { axis: ax as i64 }, &parts)?
+            }
+            "Scatter" => {
+                let (x, i, u) = (self.req(n, 0)?, self.req(n, 1)?, self.req(n, 2)?);
+                self.op(
+                    Op::ScatterElements {
+                        axis: a.i("axis", 0),
+                        reduction: ScatterReduction::None,
+                    },
+                    &[x, i, u],
+                )?
+            }
+            "Compress" => {
+                let x = self.req(n, 0)?;
+                let cond = self.konst(n, 1)?.ok_or("missing condition")?;
+                let keep: Vec<i64> = cond
+                    .to_f64_vec()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| **v != 0.0)
+                    .map(|(i, _)| i as i64)
+                    .collect();
+                let (x, axis) = if a.has("axis") {
+                    (x, a.i("axis", 0))
+                } else {
+                    (self.op(Op::Reshape { shape: vec![-1] }, &[x])?, 0)
+                };
+                let len = keep.len();
+                let idx = self.g.constant(Tensor::from_vec(keep, &[len]).map_err(core)?);
+                self.op(Op::Gather { axis }, &[x, idx])?
+            }
             "If" => {
                 let cond = self.konst(n, 0)?.ok_or("missing cond")?;
                 let c = *cond.to_f64_vec().first().ok_or("empty cond")?;
