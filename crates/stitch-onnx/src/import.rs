@@ -14,6 +14,28 @@ use crate::{OnnxError, Result};
 pub const SUPPORTED_OPS: &[&str] = &[
     "Abs",
     "Attention",
+    "CumProd",
+    "Scatter",
+    "Compress",
+    "If",
+    "Tan",
+    "Sinh",
+    "Cosh",
+    "Asinh",
+    "Acosh",
+    "Atanh",
+    "Shrink",
+    "Swish",
+    "EyeLike",
+    "SpaceToDepth",
+    "DepthToSpace",
+    "InstanceNormalization",
+    "MeanVarianceNormalization",
+    "Hardmax",
+    "LpNormalization",
+    "HannWindow",
+    "HammingWindow",
+    "BlackmanWindow",
     "GatherND",
     "NegativeLogLikelihoodLoss",
     "SoftmaxCrossEntropyLoss",
@@ -244,6 +266,11 @@ pub fn tensor_from_proto(t: &onnx::TensorProto, base: Option<&Path>) -> Result<T
             .ok_or_else(|| format!("tensor '{}': dims {:?} overflow", t.name(), t.dims))?;
         shape.push(d);
     }
+    // Strides multiply the non-zero dims even when a zero dim empties the tensor.
+    let span = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d.max(1)));
+    if span.is_none_or(|s| s > isize::MAX as usize / 16) {
+        return Err(format!("tensor '{}': dims {:?} are too large", t.name(), t.dims));
+    }
     let size = dtype.size_in_bytes();
     let want = numel
         .checked_mul(size)
@@ -369,10 +396,13 @@ struct Entry {
 fn static_input(op: &str, i: usize) -> bool {
     match op {
         "Reshape" | "Expand" | "Tile" | "ConstantOfShape" | "Squeeze" | "Unsqueeze" | "Split" | "TopK" | "CumSum"
-        | "OneHot" => i >= 1 || op == "ConstantOfShape",
+        | "CumProd" | "OneHot" => i >= 1 || op == "ConstantOfShape",
         "Slice" | "Pad" | "Clip" | "Dropout" => i >= 1,
         "Trilu" => i == 1,
         "Range" => true,
+        "Compress" => i == 1,
+        "If" => i == 0,
+        "HannWindow" | "HammingWindow" | "BlackmanWindow" => i == 0,
         op if op.starts_with("Reduce") => i >= 1,
         _ => false,
     }
@@ -451,6 +481,60 @@ impl Ctx {
 
     fn reduce(&mut self, x: Value, op: ReduceOp, axes: Vec<i64>, keepdims: bool) -> R<Value> {
         self.op(Op::Reduce { op, axes, keepdims }, &[x])
+    }
+
+    /// Imports `nodes` in order, binding their outputs in `env`.
+    fn import_nodes(&mut self, nodes: &[onnx::NodeProto]) -> Result<()> {
+        for (idx, n) in nodes.iter().enumerate() {
+            let node_name = if n.name().is_empty() {
+                format!("#{idx}")
+            } else {
+                n.name().to_string()
+            };
+            let err = |message: String| OnnxError::Node {
+                node: node_name.clone(),
+                op_type: n.op_type().to_string(),
+                message,
+            };
+            let ins: Vec<Option<Entry>> = (0..n.input.len())
+                .map(|i| self.input(n, i))
+                .collect::<R<_>>()
+                .map_err(err)?;
+            let all_const = ins.iter().all(|e| e.as_ref().is_none_or(|e| e.k.is_some()))
+                && !matches!(n.op_type(), "Constant" | "Shape" | "Size" | "ConstantOfShape" | "If");
+            let outs: Vec<Entry> = if all_const && !ins.is_empty() {
+                let given: Vec<(String, Tensor)> = n
+                    .input
+                    .iter()
+                    .zip(&ins)
+                    .filter_map(|(name, e)| e.as_ref().and_then(|e| e.k.clone()).map(|k| (name.clone(), k)))
+                    .collect();
+                let ts = eval_constant(n, &given, self.opset, self.base_dir.clone()).map_err(err)?;
+                ts.into_iter()
+                    .map(|t| Entry {
+                        v: self.g.constant(t.clone()),
+                        k: Some(t),
+                    })
+                    .collect()
+            } else {
+                let vs = self.convert(n).map_err(err)?;
+                vs.into_iter()
+                    .map(|v| {
+                        let k = match &self.g.node(v.node).op {
+                            Op::Constant(t) => Some(t.clone()),
+                            _ => None,
+                        };
+                        Entry { v, k }
+                    })
+                    .collect()
+            };
+            for (name, e) in n.output.iter().zip(outs) {
+                if !name.is_empty() {
+                    self.env.insert(name.clone(), e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Converts one node; returns its outputs.
@@ -565,7 +649,14 @@ impl Ctx {
             "CastLike" => {
                 let (x, y) = (self.req(n, 0)?, self.req(n, 1)?);
                 let dt = self.g.ty(y).dtype;
-                self.op(Op::Cast(dt), &[x])?
+                match self.input(n, 0)?.and_then(|e| e.k) {
+                    // Only the dtype of `like` matters: a constant input stays a constant.
+                    Some(k) => {
+                        let t = fold(Op::Cast(dt), &[k])?;
+                        self.g.constant(t)
+                    }
+                    None => self.op(Op::Cast(dt), &[x])?,
+                }
             }
             "IsNaN" => {
                 let x = self.req(n, 0)?;
@@ -614,6 +705,324 @@ impl Ctx {
                 }
             }
             "Attention" => return self.attention(n, &a),
+            "CumProd" => {
+                // Exact for integers too: each position is the product of its prefix (O(L^2) work).
+                let x = self.req(n, 0)?;
+                let axis = *self.kints(n, 1)?.ok_or("missing axis")?.first().ok_or("empty axis")?;
+                let t = self.ty(x);
+                let ax = stitch_core::shape::normalize_axis(axis, t.shape.rank()).ok_or("axis out of range")?;
+                let len = t.shape.dims()[ax]
+                    .known()
+                    .ok_or("CumProd needs a known size along its axis")?;
+                if len > 4096 {
+                    return Err(format!(
+                        "CumProd along an axis of {len} elements is not supported (max 4096)"
+                    ));
+                }
+                let (excl, rev) = (a.i("exclusive", 0) != 0, a.i("reverse", 0) != 0);
+                let mut parts = vec![];
+                for i in 0..len as i64 {
+                    let (lo, hi) = match (rev, excl) {
+                        (false, false) => (0, i + 1),
+                        (false, true) => (0, i),
+                        (true, false) => (i, len as i64),
+                        (true, true) => (i + 1, len as i64),
+                    };
+                    let sl = self.op(
+                        Op::Slice {
+                            starts: vec![lo],
+                            ends: vec![hi],
+                            axes: vec![ax as i64],
+                            steps: vec![],
+                        },
+                        &[x],
+                    )?;
+                    parts.push(self.reduce(sl, ReduceOp::Prod, vec![ax as i64], true)?);
+                }
+                self.op(Op::Concat { axis: ax as i64 }, &parts)?
+            }
+            "Scatter" => {
+                let (x, i, u) = (self.req(n, 0)?, self.req(n, 1)?, self.req(n, 2)?);
+                self.op(
+                    Op::ScatterElements {
+                        axis: a.i("axis", 0),
+                        reduction: ScatterReduction::None,
+                    },
+                    &[x, i, u],
+                )?
+            }
+            "Compress" => {
+                let x = self.req(n, 0)?;
+                let cond = self.konst(n, 1)?.ok_or("missing condition")?;
+                let keep: Vec<i64> = cond
+                    .to_f64_vec()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| **v != 0.0)
+                    .map(|(i, _)| i as i64)
+                    .collect();
+                let (x, axis) = if a.has("axis") {
+                    (x, a.i("axis", 0))
+                } else {
+                    (self.op(Op::Reshape { shape: vec![-1] }, &[x])?, 0)
+                };
+                let len = keep.len();
+                let idx = self.g.constant(Tensor::from_vec(keep, &[len]).map_err(core)?);
+                self.op(Op::Gather { axis }, &[x, idx])?
+            }
+            "If" => {
+                let cond = self.konst(n, 0)?.ok_or("missing cond")?;
+                let c = *cond.to_f64_vec().first().ok_or("empty cond")?;
+                let branch = if c != 0.0 { "then_branch" } else { "else_branch" };
+                let g =
+                    a.0.get(branch)
+                        .and_then(|b| b.g.as_ref())
+                        .ok_or_else(|| format!("missing {branch}"))?;
+                for t in &g.initializer {
+                    let tensor = tensor_from_proto(t, self.base_dir.as_deref())?;
+                    let v = self.g.constant(tensor.clone());
+                    self.env.insert(t.name().to_string(), Entry { v, k: Some(tensor) });
+                }
+                self.import_nodes(&g.node).map_err(|e| format!("in {branch}: {e}"))?;
+                return g
+                    .output
+                    .iter()
+                    .map(|o| {
+                        self.env
+                            .get(o.name())
+                            .map(|e| e.v)
+                            .ok_or_else(|| format!("{branch} output '{}' is not produced", o.name()))
+                    })
+                    .collect();
+            }
+            "Tan" | "Sinh" | "Cosh" | "Asinh" | "Acosh" | "Atanh" => {
+                let x = self.req(n, 0)?;
+                let one = self.scalar_like(x, 1.0);
+                let half = self.scalar_like(x, 0.5);
+                match ot {
+                    "Tan" => {
+                        let (sn, cs) = (self.un(UnaryOp::Sin, x)?, self.un(UnaryOp::Cos, x)?);
+                        self.bin(BinaryOp::Div, sn, cs)?
+                    }
+                    "Sinh" | "Cosh" => {
+                        let e = self.un(UnaryOp::Exp, x)?;
+                        let nx = self.un(UnaryOp::Neg, x)?;
+                        let en = self.un(UnaryOp::Exp, nx)?;
+                        let d = self.bin(if ot == "Sinh" { BinaryOp::Sub } else { BinaryOp::Add }, e, en)?;
+                        self.bin(BinaryOp::Mul, d, half)?
+                    }
+                    "Asinh" | "Acosh" => {
+                        let sq = self.bin(BinaryOp::Mul, x, x)?;
+                        let r = self.bin(if ot == "Asinh" { BinaryOp::Add } else { BinaryOp::Sub }, sq, one)?;
+                        let r = self.un(UnaryOp::Sqrt, r)?;
+                        let t = self.bin(BinaryOp::Add, x, r)?;
+                        self.un(UnaryOp::Log, t)?
+                    }
+                    _ => {
+                        let num = self.bin(BinaryOp::Add, one, x)?;
+                        let den = self.bin(BinaryOp::Sub, one, x)?;
+                        let q = self.bin(BinaryOp::Div, num, den)?;
+                        let l = self.un(UnaryOp::Log, q)?;
+                        self.bin(BinaryOp::Mul, l, half)?
+                    }
+                }
+            }
+            "Shrink" => {
+                let x = self.req(n, 0)?;
+                let lambd = self.scalar_like(x, a.f("lambd", 0.5) as f64);
+                let bias = self.scalar_like(x, a.f("bias", 0.0) as f64);
+                let nl = self.scalar_like(x, -(a.f("lambd", 0.5) as f64));
+                let zero = self.scalar_like(x, 0.0);
+                let lo = self.bin(BinaryOp::Less, x, nl)?;
+                let hi = self.bin(BinaryOp::Greater, x, lambd)?;
+                let xp = self.bin(BinaryOp::Add, x, bias)?;
+                let xm = self.bin(BinaryOp::Sub, x, bias)?;
+                let y = self.op(Op::Where, &[hi, xm, zero])?;
+                self.op(Op::Where, &[lo, xp, y])?
+            }
+            "Swish" => {
+                let x = self.req(n, 0)?;
+                let al = self.scalar_like(x, a.f("alpha", 1.0) as f64);
+                let ax = self.bin(BinaryOp::Mul, x, al)?;
+                let s = self.un(UnaryOp::Sigmoid, ax)?;
+                self.bin(BinaryOp::Mul, x, s)?
+            }
+            "EyeLike" => {
+                let x = self.req(n, 0)?;
+                let s = self.concrete(x, "EyeLike")?;
+                if s.len() != 2 {
+                    return Err("EyeLike needs a 2-D input".into());
+                }
+                let dt = if a.has("dtype") {
+                    let c = a.i("dtype", 1) as i32;
+                    dtype_from_onnx(c).ok_or_else(|| format!("unsupported dtype {}", dtype_name(c)))?
+                } else {
+                    self.ty(x).dtype
+                };
+                let k = a.i("k", 0);
+                let v: Vec<f64> = (0..s[0] * s[1])
+                    .map(|i| {
+                        if (i % s[1]) as i64 - (i / s[1]) as i64 == k {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                self.g.constant(Tensor::from_f64(dt, &v, &s).map_err(core)?)
+            }
+            "SpaceToDepth" | "DepthToSpace" => {
+                let x = self.req(n, 0)?;
+                let s = self.concrete(x, ot)?;
+                if s.len() != 4 {
+                    return Err(format!("{ot} needs a 4-D input"));
+                }
+                let b = a.i("blocksize", 0);
+                if b <= 0 {
+                    return Err("blocksize must be positive".into());
+                }
+                let (nn, c, h, w) = (s[0] as i64, s[1] as i64, s[2] as i64, s[3] as i64);
+                if ot == "SpaceToDepth" {
+                    let r = self.op(
+                        Op::Reshape {
+                            shape: vec![nn, c, h / b, b, w / b, b],
+                        },
+                        &[x],
+                    )?;
+                    let t = self.op(
+                        Op::Transpose {
+                            perm: vec![0, 3, 5, 1, 2, 4],
+                        },
+                        &[r],
+                    )?;
+                    self.op(
+                        Op::Reshape {
+                            shape: vec![nn, c * b * b, h / b, w / b],
+                        },
+                        &[t],
+                    )?
+                } else {
+                    let crd = a.s("mode", "DCR") == "CRD";
+                    let (shape, perm) = if crd {
+                        (vec![nn, c / (b * b), b, b, h, w], vec![0, 1, 4, 2, 5, 3])
+                    } else {
+                        (vec![nn, b, b, c / (b * b), h, w], vec![0, 3, 4, 1, 5, 2])
+                    };
+                    let r = self.op(Op::Reshape { shape }, &[x])?;
+                    let t = self.op(Op::Transpose { perm }, &[r])?;
+                    self.op(
+                        Op::Reshape {
+                            shape: vec![nn, c / (b * b), h * b, w * b],
+                        },
+                        &[t],
+                    )?
+                }
+            }
+            "InstanceNormalization" | "MeanVarianceNormalization" => {
+                let x = self.req(n, 0)?;
+                let rank = self.ty(x).shape.rank() as i64;
+                let axes = if ot == "InstanceNormalization" {
+                    (2..rank).collect()
+                } else {
+                    a.ints("axes").unwrap_or(vec![0, 2, 3])
+                };
+                let mean = self.reduce(x, ReduceOp::Mean, axes.clone(), true)?;
+                let d = self.bin(BinaryOp::Sub, x, mean)?;
+                let sq = self.bin(BinaryOp::Mul, d, d)?;
+                let var = self.reduce(sq, ReduceOp::Mean, axes, true)?;
+                let eps = if ot == "InstanceNormalization" {
+                    a.f("epsilon", 1e-5) as f64
+                } else {
+                    1e-9
+                };
+                let eps = self.scalar_like(x, eps);
+                let ve = self.bin(BinaryOp::Add, var, eps)?;
+                let sd = self.un(UnaryOp::Sqrt, ve)?;
+                let y = self.bin(BinaryOp::Div, d, sd)?;
+                if ot == "InstanceNormalization" {
+                    let axes: Vec<i64> = (1..rank - 1).collect();
+                    let sc = self.req(n, 1)?;
+                    let bi = self.req(n, 2)?;
+                    let sc = self.op(Op::Unsqueeze { axes: axes.clone() }, &[sc])?;
+                    let bi = self.op(Op::Unsqueeze { axes }, &[bi])?;
+                    let y = self.bin(BinaryOp::Mul, y, sc)?;
+                    self.bin(BinaryOp::Add, y, bi)?
+                } else {
+                    y
+                }
+            }
+            "Hardmax" => {
+                let x = self.req(n, 0)?;
+                let t = self.ty(x);
+                let axis = a.i("axis", if opset >= 13 { -1 } else { 1 });
+                if opset < 13 && axis != -1 && axis != t.shape.rank() as i64 - 1 {
+                    return Err("Hardmax before opset 13 over flattened axes is not supported".into());
+                }
+                let ax = stitch_core::shape::normalize_axis(axis, t.shape.rank()).ok_or("axis out of range")?;
+                let depth = t.shape.dims()[ax]
+                    .known()
+                    .ok_or("Hardmax needs a known size along its axis")?;
+                let i = self.op(
+                    Op::ArgReduce {
+                        op: stitch_core::ops::ArgReduceOp::ArgMax,
+                        axis,
+                        keepdims: false,
+                        select_last_index: false,
+                    },
+                    &[x],
+                )?;
+                self.op(
+                    Op::OneHot {
+                        depth,
+                        axis: ax as i64,
+                        dtype: t.dtype,
+                        on_value: 1.0,
+                        off_value: 0.0,
+                    },
+                    &[i],
+                )?
+            }
+            "LpNormalization" => {
+                let x = self.req(n, 0)?;
+                let axis = a.i("axis", -1);
+                let nrm = if a.i("p", 2) == 1 {
+                    let ab = self.un(UnaryOp::Abs, x)?;
+                    self.reduce(ab, ReduceOp::Sum, vec![axis], true)?
+                } else {
+                    let sq = self.bin(BinaryOp::Mul, x, x)?;
+                    let s = self.reduce(sq, ReduceOp::Sum, vec![axis], true)?;
+                    self.un(UnaryOp::Sqrt, s)?
+                };
+                // A zero norm means an all-zero slice: divide by 1 to keep it zero.
+                let zero = self.scalar_like(x, 0.0);
+                let one = self.scalar_like(x, 1.0);
+                let is0 = self.bin(BinaryOp::Equal, nrm, zero)?;
+                let nrm = self.op(Op::Where, &[is0, one, nrm])?;
+                self.bin(BinaryOp::Div, x, nrm)?
+            }
+            "HannWindow" | "HammingWindow" | "BlackmanWindow" => {
+                let size = *self.kints(n, 0)?.ok_or("missing size")?.first().ok_or("empty size")?;
+                let size = usize::try_from(size).map_err(|_| format!("negative size {size}"))?;
+                if size > MAX_FOLD_ELEMENTS {
+                    return Err(format!("window size {size} is too large"));
+                }
+                let periodic = a.i("periodic", 1) != 0;
+                let nn = if periodic { size as f64 } else { size as f64 - 1.0 };
+                let tau = 2.0 * std::f64::consts::PI;
+                let v: Vec<f64> = (0..size)
+                    .map(|i| {
+                        let t = tau * i as f64 / nn;
+                        match ot {
+                            "HannWindow" => 0.5 - 0.5 * t.cos(),
+                            "HammingWindow" => 25.0 / 46.0 - (21.0 / 46.0) * t.cos(),
+                            _ => 0.42 - 0.5 * t.cos() + 0.08 * (2.0 * t).cos(),
+                        }
+                    })
+                    .collect();
+                let c = a.i("output_datatype", 1) as i32;
+                let dt = dtype_from_onnx(c).ok_or_else(|| format!("unsupported dtype {}", dtype_name(c)))?;
+                self.g.constant(Tensor::from_f64(dt, &v, &[size]).map_err(core)?)
+            }
             "GatherND" => {
                 let (x, idx) = (self.req(n, 0)?, self.req(n, 1)?);
                 if a.i("batch_dims", 0) != 0 {
@@ -795,12 +1204,17 @@ impl Ctx {
                 let x = self.req(n, 0)?;
                 let shape = self.kints(n, 1)?.ok_or("missing shape")?;
                 if a.i("allowzero", 0) != 0 && shape.contains(&0) {
-                    if shape.contains(&-1) {
-                        return Err("allowzero with both 0 and -1 in the shape is invalid".into());
+                    // Literal zeros: the result is empty, so it is a constant of that shape.
+                    if shape.iter().any(|&d| d < 0) {
+                        return Err(format!("allowzero shape {shape:?} with 0 must not hold negative dims"));
                     }
-                    let s: Vec<i64> = shape.clone();
-                    // Literal zeros: the result is empty; express with known dims.
-                    self.op(Op::Reshape { shape: s }, &[x])?
+                    let xs = self.concrete(x, "Reshape with allowzero")?;
+                    if xs.iter().product::<usize>() != 0 {
+                        return Err(format!("cannot reshape {xs:?} to the empty shape {shape:?}"));
+                    }
+                    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+                    let dt = self.ty(x).dtype;
+                    self.g.constant(Tensor::zeros(dt, &dims))
                 } else {
                     self.op(Op::Reshape { shape }, &[x])?
                 }
@@ -1265,9 +1679,6 @@ impl Ctx {
 
     fn attention(&mut self, n: &onnx::NodeProto, a: &Attrs) -> R<Vec<Value>> {
         let (mut q, mut k, mut v) = (self.req(n, 0)?, self.req(n, 1)?, self.req(n, 2)?);
-        if self.input(n, 6)?.is_some() {
-            return Err("nonpad_kv_seqlen is not supported".into());
-        }
         let qt = self.ty(q);
         let dt = qt.dtype;
         let three_d = qt.shape.rank() == 3;
@@ -1350,6 +1761,23 @@ impl Ctx {
             bias = Some(match bias {
                 Some(b) => self.bin(BinaryOp::Add, b, cv)?,
                 None => cv,
+            });
+        }
+        if let Some(np) = self.input(n, 6)? {
+            // Keys at positions >= nonpad_kv_seqlen[b] are padding.
+            let np = self.cast_to(np.v, DType::I64)?;
+            let np = self.op(Op::Unsqueeze { axes: vec![1] }, &[np])?;
+            let pos = self
+                .g
+                .constant(Tensor::from_vec((0..s as i64).collect::<Vec<_>>(), &[s]).map_err(core)?);
+            let keep = self.bin(BinaryOp::Less, pos, np)?;
+            let zero = self.g.scalar(dt, 0.0);
+            let ninf = self.g.scalar(dt, f64::NEG_INFINITY);
+            let m = self.op(Op::Where, &[keep, zero, ninf])?;
+            let m = self.op(Op::Unsqueeze { axes: vec![1, 2] }, &[m])?;
+            bias = Some(match bias {
+                Some(b) => self.bin(BinaryOp::Add, b, m)?,
+                None => m,
             });
         }
         let (hq, hkv) = (qs[1], ks[1]);
@@ -1707,6 +2135,25 @@ impl Ctx {
     }
 }
 
+/// Computes `op` on constant inputs on the CPU.
+fn fold(op: Op, inputs: &[Tensor]) -> R<Tensor> {
+    let mut g = Graph::new();
+    let ins: Vec<Value> = inputs.iter().map(|t| g.constant(t.clone())).collect();
+    let v = g.add_op(op, &ins).map_err(core)?;
+    let exe = Executable::compile(
+        &g,
+        &[v],
+        Arc::new(stitch_cpu::CpuBackend::new()),
+        CompileOptions::default(),
+    )
+    .map_err(core)?;
+    let mut st = exe.new_state();
+    exe.run(&[], &mut st)
+        .map_err(core)?
+        .pop()
+        .ok_or_else(|| "no output".to_string())
+}
+
 /// Evaluates `f` on a scratch graph whose inputs are the constants `inputs`, on the CPU.
 fn eval_constant(
     n: &onnx::NodeProto,
@@ -1948,55 +2395,7 @@ impl Model {
             };
             c.env.insert(name, entry);
         }
-        for (idx, n) in g.node.iter().enumerate() {
-            let node_name = if n.name().is_empty() {
-                format!("#{idx}")
-            } else {
-                n.name().to_string()
-            };
-            let err = |message: String| OnnxError::Node {
-                node: node_name.clone(),
-                op_type: n.op_type().to_string(),
-                message,
-            };
-            let ins: Vec<Option<Entry>> = (0..n.input.len())
-                .map(|i| c.input(n, i))
-                .collect::<R<_>>()
-                .map_err(err)?;
-            let all_const = ins.iter().all(|e| e.as_ref().is_none_or(|e| e.k.is_some()))
-                && !matches!(n.op_type(), "Constant" | "Shape" | "Size" | "ConstantOfShape");
-            let outs: Vec<Entry> = if all_const && !ins.is_empty() {
-                let given: Vec<(String, Tensor)> = n
-                    .input
-                    .iter()
-                    .zip(&ins)
-                    .filter_map(|(name, e)| e.as_ref().and_then(|e| e.k.clone()).map(|k| (name.clone(), k)))
-                    .collect();
-                let ts = eval_constant(n, &given, opset, c.base_dir.clone()).map_err(err)?;
-                ts.into_iter()
-                    .map(|t| Entry {
-                        v: c.g.constant(t.clone()),
-                        k: Some(t),
-                    })
-                    .collect()
-            } else {
-                let vs = c.convert(n).map_err(err)?;
-                vs.into_iter()
-                    .map(|v| {
-                        let k = match &c.g.node(v.node).op {
-                            Op::Constant(t) => Some(t.clone()),
-                            _ => None,
-                        };
-                        Entry { v, k }
-                    })
-                    .collect()
-            };
-            for (name, e) in n.output.iter().zip(outs) {
-                if !name.is_empty() {
-                    c.env.insert(name.clone(), e);
-                }
-            }
-        }
+        c.import_nodes(&g.node)?;
         let mut outputs = vec![];
         for vi in &g.output {
             let e = c

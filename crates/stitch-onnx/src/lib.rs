@@ -3,7 +3,9 @@
 //! Imports ONNX models (default domain, opsets 7 to 27) into a stitch [`Graph`].
 //!
 //! - The protobuf schema is ONNX's own `onnx.proto` (Apache-2.0, in `proto/`),
-//!   compiled once to Rust with prost; the generated code is `src/onnx.rs`.
+//!   compiled once to Rust with prost; the generated code is `src/onnx.rs`
+//!   (regenerate with a throwaway program calling `protox::compile(["proto/onnx.proto"], ["proto"])`
+//!   and `prost_build::Config::compile_fds` from prost-build 0.13 / protox 0.7; no protoc needed).
 //! - Initializers (inline or in external data files) and `Constant` nodes become
 //!   constants; named dynamic dimensions (`dim_param`) become symbolic dims.
 //! - ONNX ops map onto stitch ops; composites without a stitch op are decomposed

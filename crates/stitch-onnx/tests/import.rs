@@ -202,6 +202,19 @@ fn truncated_and_garbage_files_are_errors() {
 }
 
 #[test]
+fn huge_dims_are_errors() {
+    // Found by fuzzing: a zero dim beside huge ones made stride computation overflow.
+    let t = TensorProto {
+        dims: vec![0, 1 << 40, 1 << 40],
+        data_type: Some(F32),
+        raw_data: Some(vec![]),
+        ..Default::default()
+    };
+    let e = stitch_onnx::tensor_from_proto(&t, None).unwrap_err();
+    assert!(e.contains("too large"), "{e}");
+}
+
+#[test]
 fn unsupported_ops_are_listed_in_one_error() {
     let m = model(
         vec![
