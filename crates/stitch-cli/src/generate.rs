@@ -31,6 +31,12 @@ pub struct GenerateArgs {
     pub ctx_size: usize,
     /// Print one JSON object instead of streaming text.
     pub json: bool,
+    /// Profile the decode steps and print a report at the end.
+    pub profile: bool,
+    /// With `profile`, write a Chrome trace here.
+    pub trace: Option<PathBuf>,
+    /// Device (`cpu`, `cuda`, `cuda:N`).
+    pub device: String,
 }
 
 fn resolve_model(model: &Option<PathBuf>) -> Result<PathBuf, String> {
@@ -64,10 +70,16 @@ pub struct Loaded {
 
 /// Loads a GGUF model for generation on the CPU.
 pub fn load(path: &Path, ctx_size: usize) -> Result<Loaded, String> {
+    load_on(path, ctx_size, "cpu")
+}
+
+/// Loads a GGUF model for generation on `device` (`cpu`, `cuda`, `cuda:N`).
+pub fn load_on(path: &Path, ctx_size: usize, device: &str) -> Result<Loaded, String> {
+    let backends = crate::device::backends(device)?;
     let g = Gguf::open(path).map_err(|e| e.to_string())?;
     let tokenizer = Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
     let cfg = LlamaConfig::from_gguf(&g).map_err(|e| e.to_string())?;
-    let model = Llama::new(cfg, &g, ctx_size, Arc::new(CpuBackend::new())).map_err(|e| e.to_string())?;
+    let model = Llama::with_backends(cfg, &g, ctx_size, backends).map_err(|e| e.to_string())?;
     Ok(Loaded {
         model,
         tokenizer,
@@ -134,17 +146,38 @@ fn one_reply(l: &mut Loaded, prompt: &str, args: &GenerateArgs, sampler: &mut Sa
     Ok(g)
 }
 
+/// With `--profile`: the report of the decode steps (to stderr) and the trace.
+fn print_profile(l: &mut Loaded, args: &GenerateArgs) -> Result<(), String> {
+    let Some(mut p) = l.model.profile_decode(false) else {
+        return Ok(());
+    };
+    if p.runs.len() > 1 {
+        // The first decode step builds the decode plan and fills its pools.
+        p.runs.remove(0);
+    }
+    if p.runs.is_empty() {
+        eprintln!("[profile: no decode step ran]");
+        return Ok(());
+    }
+    let text = crate::profile::finish(&p, args.trace.as_deref(), 15)?;
+    eprintln!("\nprofile of the decode steps (the first, which builds the plan, left out):\n{text}");
+    Ok(())
+}
+
 /// Runs `stitch generate`.
 pub fn run(args: &GenerateArgs) -> Result<(), String> {
     if args.max_tokens == 0 {
         return Err("--max-tokens must be at least 1".into());
     }
     let path = resolve_model(&args.model)?;
-    let mut l = load(&path, args.ctx_size)?;
+    let mut l = load_on(&path, args.ctx_size, &args.device)?;
     let mut sampler = Sampler::new(args.sampling.clone()).map_err(|e| e.to_string())?;
     let mut messages = Vec::new();
     if let Some(s) = &args.system {
         messages.push(ChatMessage::new("system", s));
+    }
+    if args.profile {
+        l.model.profile_decode(true);
     }
     if !args.chat {
         let prompt = args
@@ -152,13 +185,13 @@ pub fn run(args: &GenerateArgs) -> Result<(), String> {
             .clone()
             .ok_or("give a --prompt (or --chat for a conversation)")?;
         one_reply(&mut l, &prompt, args, &mut sampler)?;
-        return Ok(());
+        return print_profile(&mut l, args);
     }
     if let Some(p) = &args.prompt {
         messages.push(ChatMessage::new("user", p));
         let prompt = l.template.render(&messages, true).map_err(|e| e.to_string())?;
         one_reply(&mut l, &prompt, args, &mut sampler)?;
-        return Ok(());
+        return print_profile(&mut l, args);
     }
     // Interactive: each turn re-renders the conversation and feeds only what is new.
     eprintln!("stitch chat with {} — an empty line or Ctrl-D ends it", path.display());

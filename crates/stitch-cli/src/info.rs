@@ -47,8 +47,7 @@ pub fn report() -> String {
         if cfg!(debug_assertions) { "debug" } else { "release" },
         std::env::consts::ARCH
     );
-    // Optional backends become cargo features as they land (cuda next).
-    let _ = writeln!(s, "features: cpu");
+    let _ = writeln!(s, "backends: cpu, cuda (CUDA 13 libraries loaded at run time)");
     let _ = writeln!(s, "cache: {}", stitch_core::cache::cache_dir().display());
     let _ = writeln!(s, "devices:");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -60,6 +59,27 @@ pub fn report() -> String {
         rayon::current_num_threads(),
         simd_features().join(" ")
     );
-    let _ = writeln!(s, "  cuda   not available: this build has no CUDA backend yet");
+    match stitch_cuda::devices() {
+        Ok(gpus) if gpus.is_empty() => {
+            let _ = writeln!(s, "  cuda   no CUDA device found");
+        }
+        Ok(gpus) => {
+            for g in gpus {
+                let _ = writeln!(
+                    s,
+                    "  cuda:{} {} — compute capability {}.{}, {:.1} GiB memory ({:.1} GiB free)",
+                    g.ordinal,
+                    g.name,
+                    g.capability.0,
+                    g.capability.1,
+                    g.total_memory as f64 / (1u64 << 30) as f64,
+                    g.free_memory as f64 / (1u64 << 30) as f64
+                );
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(s, "  cuda   not available: {e}");
+        }
+    }
     s
 }

@@ -50,7 +50,7 @@ enum Command {
         /// Write the outputs to this .npz, keyed by output name.
         #[arg(long)]
         output: Option<std::path::PathBuf>,
-        /// Device (only `cpu` for now).
+        /// Device: `cpu`, `cuda` or `cuda:N` (ops the GPU lacks run on the CPU).
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Worker threads (default: RAYON_NUM_THREADS or all cores).
@@ -160,6 +160,55 @@ enum Command {
         /// Print one JSON object (text, ids, prompt ids, timings) instead of streaming.
         #[arg(long)]
         json: bool,
+        /// Profile the decode steps: print a report of the plan's steps at the end.
+        #[arg(long)]
+        profile: bool,
+        /// With --profile, write a Chrome trace (Perfetto) of the decode steps here.
+        #[arg(long, requires = "profile")]
+        trace: Option<std::path::PathBuf>,
+    },
+    /// Time every step of a model's plan: a report of the heaviest steps, the
+    /// share per op type, copies and fallbacks; optionally a Chrome trace.
+    ///
+    /// An ONNX model runs once as a warm-up, then --runs times profiled (inputs
+    /// not given are seeded random values, symbolic dims 1). A GGUF model reads
+    /// --prompt, then --runs decode steps are profiled. Each step is recorded with
+    /// its kind (kernel, fused region with its member ops, copy host-to-device or
+    /// device-to-host, fallback), device, start and end, bytes moved and FLOPs.
+    #[command(after_help = "Examples:
+  stitch profile model.onnx --runs 20 --trace trace.json
+  stitch profile SmolLM2-135M-Instruct.Q4_1.gguf --runs 32
+Open trace.json in https://ui.perfetto.dev (one event per plan step per run).")]
+    Profile {
+        /// An .onnx or .gguf model.
+        model: std::path::PathBuf,
+        /// Device to run on.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Profiled runs (decode steps for a GGUF model), after a warm-up.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Write a Chrome trace-event JSON here.
+        #[arg(long)]
+        trace: Option<std::path::PathBuf>,
+        /// An ONNX input as NAME=FILE.npy (repeatable); others are seeded random.
+        #[arg(long = "input")]
+        input: Vec<String>,
+        /// An .npz file of ONNX inputs keyed by name.
+        #[arg(long)]
+        inputs: Option<std::path::PathBuf>,
+        /// Seed of the random inputs.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Rows in the report's tables.
+        #[arg(long, default_value_t = 15)]
+        top: usize,
+        /// Prompt read before the decode steps (GGUF models).
+        #[arg(long, default_value = "Once upon a time")]
+        prompt: String,
+        /// Worker threads (default: RAYON_NUM_THREADS or all cores).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Print op coverage per backend (docs/OPS.md is this output with --markdown).
     Ops {
@@ -206,24 +255,19 @@ fn main() -> ExitCode {
             device,
             threads,
             runs,
-        } => {
-            if device != "cpu" {
-                Err(format!("--device {device}: only `cpu` is available for ONNX models"))
-            } else {
-                set_threads(threads).and_then(|_| {
-                    run::run(&run::RunArgs {
-                        model,
-                        inputs: input,
-                        inputs_npz: inputs,
-                        random_inputs,
-                        seed,
-                        output,
-                        runs,
-                    })
-                    .and_then(|t| print_text(&t))
-                })
-            }
-        }
+        } => set_threads(threads).and_then(|_| {
+            run::run(&run::RunArgs {
+                model,
+                inputs: input,
+                inputs_npz: inputs,
+                random_inputs,
+                seed,
+                output,
+                runs,
+                device,
+            })
+            .and_then(|t| print_text(&t))
+        }),
         Command::Demo {
             batch,
             seq,
@@ -265,31 +309,55 @@ fn main() -> ExitCode {
             threads,
             device,
             json,
-        } => {
-            if device != "cpu" {
-                Err(format!("--device {device}: only `cpu` is available in this build"))
-            } else {
-                set_threads(threads).and_then(|_| {
-                    stitch_cli::generate::run(&stitch_cli::generate::GenerateArgs {
-                        model,
-                        prompt,
-                        chat,
-                        system,
-                        max_tokens,
-                        ignore_eos,
-                        sampling: stitch_models::generate::Sampling {
-                            temperature,
-                            top_k,
-                            top_p,
-                            repeat_penalty,
-                            seed,
-                        },
-                        ctx_size,
-                        json,
-                    })
-                })
-            }
-        }
+            profile,
+            trace,
+        } => set_threads(threads).and_then(|_| {
+            stitch_cli::generate::run(&stitch_cli::generate::GenerateArgs {
+                model,
+                prompt,
+                chat,
+                system,
+                max_tokens,
+                ignore_eos,
+                sampling: stitch_models::generate::Sampling {
+                    temperature,
+                    top_k,
+                    top_p,
+                    repeat_penalty,
+                    seed,
+                },
+                ctx_size,
+                json,
+                profile,
+                trace,
+                device,
+            })
+        }),
+        Command::Profile {
+            model,
+            device,
+            runs,
+            trace,
+            input,
+            inputs,
+            seed,
+            top,
+            prompt,
+            threads,
+        } => set_threads(threads).and_then(|_| {
+            stitch_cli::profile::run(&stitch_cli::profile::ProfileArgs {
+                model,
+                device,
+                runs,
+                trace,
+                inputs: input,
+                inputs_npz: inputs,
+                seed,
+                top,
+                prompt,
+            })
+            .and_then(|t| print_text(&t))
+        }),
         Command::Ops { markdown } => {
             let cpu = CpuBackend::new();
             let text = if markdown {

@@ -26,6 +26,8 @@ pub struct RunArgs {
     pub output: Option<PathBuf>,
     /// Timed runs after one warm-up (0: run once).
     pub runs: usize,
+    /// Device (`cpu` when empty; `cuda`, `cuda:N`).
+    pub device: String,
 }
 
 fn random_tensor(dtype: DType, shape: &[usize], rng: &mut rand_chacha::ChaCha8Rng) -> Result<Tensor, String> {
@@ -76,8 +78,9 @@ fn preview(t: &Tensor) -> String {
     format!("[{}{}]", head.join(", "), if v.len() > 8 { ", ..." } else { "" })
 }
 
-/// Runs a model; returns the text to print.
-pub fn run(args: &RunArgs) -> Result<String, String> {
+/// Reads and imports an ONNX model with the inputs given on the command line
+/// (shapes of dynamic dims are taken from them).
+pub fn load_onnx(args: &RunArgs) -> Result<(Model, Vec<(String, Tensor)>), String> {
     let bytes = std::fs::read(&args.model).map_err(|e| format!("cannot read {}: {e}", args.model.display()))?;
     let proto = stitch_onnx::parse_model(&bytes).map_err(|e| format!("{}: {e}", args.model.display()))?;
     let base_dir = args.model.parent().map(Path::to_path_buf);
@@ -111,7 +114,21 @@ pub fn run(args: &RunArgs) -> Result<String, String> {
         },
     )
     .map_err(|e| e.to_string())?;
-    let exe = model.compile_cpu().map_err(|e| e.to_string())?;
+    Ok((model, given))
+}
+
+/// Runs a model; returns the text to print.
+pub fn run(args: &RunArgs) -> Result<String, String> {
+    let (model, given) = load_onnx(args)?;
+    let device = if args.device.is_empty() {
+        "cpu"
+    } else {
+        args.device.as_str()
+    };
+    let backends = crate::device::backends(device)?;
+    let outs: Vec<_> = model.outputs.iter().map(|(_, v)| *v).collect();
+    let exe = stitch_core::Executable::compile_placed(&model.graph, &outs, backends, Default::default())
+        .map_err(|e| e.to_string())?;
     let outs = model.run_cpu(&exe, &given).map_err(|e| e.to_string())?;
     let mut s = String::new();
     for (name, t) in &outs {

@@ -61,6 +61,120 @@ pub trait Backend: Send + Sync {
     fn download(&self, t: &Tensor) -> Result<Tensor> {
         Ok(t.clone())
     }
+    /// Waits until the work this backend has queued is finished (device
+    /// backends run asynchronously). Only the profiler calls it, between steps.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Observes the executor's steps. The ordinary run path uses [`NoProbe`],
+/// whose methods are empty and inlined away: no timing calls in a plain run.
+trait Probe {
+    fn begin(&mut self);
+    #[allow(clippy::too_many_arguments)]
+    fn end(
+        &mut self,
+        exe: &Executable,
+        plan: &Plan,
+        step: usize,
+        node: usize,
+        args: &[Tensor],
+        outs: &[Tensor],
+    ) -> Result<()>;
+}
+
+struct NoProbe;
+
+impl Probe for NoProbe {
+    #[inline(always)]
+    fn begin(&mut self) {}
+    #[inline(always)]
+    fn end(&mut self, _: &Executable, _: &Plan, _: usize, _: usize, _: &[Tensor], _: &[Tensor]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Times every step (see [`crate::profile`]).
+struct Recorder<'a> {
+    origin: std::time::Instant,
+    start: u64,
+    out: &'a mut Vec<crate::profile::StepRecord>,
+}
+
+impl Recorder<'_> {
+    fn now(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+}
+
+impl Probe for Recorder<'_> {
+    fn begin(&mut self) {
+        self.start = self.now();
+    }
+    fn end(
+        &mut self,
+        exe: &Executable,
+        plan: &Plan,
+        step: usize,
+        i: usize,
+        args: &[Tensor],
+        outs: &[Tensor],
+    ) -> Result<()> {
+        use crate::profile::{tensor_bytes, StepKind};
+        let node = &plan.graph.nodes()[i];
+        let dev = plan.devices[i];
+        let backend = &exe.backends[dev];
+        backend.synchronize()?;
+        let end = self.now();
+        let host = |d: usize| exe.backends[d].is_host();
+        let (kind, bytes, device) = match &node.op {
+            Op::Placeholder { .. } => (StepKind::Input, outs.iter().map(tensor_bytes).sum(), dev),
+            Op::Constant(_) => (StepKind::Constant, 0, dev),
+            Op::ReadVariable(_) | Op::Assign(_) | Op::SliceUpdate(_) => {
+                (StepKind::State, args.iter().map(tensor_bytes).sum(), dev)
+            }
+            Op::Copy { to } => {
+                let from = plan.devices[node.inputs[0].node.0 as usize];
+                let kind = match (host(from), host(*to)) {
+                    (true, false) => StepKind::CopyHostToDevice,
+                    (false, true) => StepKind::CopyDeviceToHost,
+                    _ => StepKind::CopyDeviceToDevice,
+                };
+                (kind, outs.iter().map(tensor_bytes).sum(), *to)
+            }
+            op => {
+                let kind = if dev != 0 {
+                    StepKind::Fallback
+                } else if matches!(op, Op::Fused(_)) {
+                    StepKind::Fused
+                } else {
+                    StepKind::Kernel
+                };
+                let bytes = args.iter().chain(outs).map(tensor_bytes).sum();
+                (kind, bytes, dev)
+            }
+        };
+        let members = match &node.op {
+            Op::Fused(r) => r.members.clone(),
+            _ => Vec::new(),
+        };
+        self.out.push(crate::profile::StepRecord {
+            step,
+            node: node.name.clone(),
+            op: node.op.kind(),
+            kind,
+            device: exe.backends[device].name().to_string(),
+            start_ns: self.start,
+            end_ns: end.max(self.start),
+            bytes,
+            flops: crate::profile::flops(node, args, outs),
+            members,
+        });
+        // Recording is not part of the next step.
+        self.start = self.now();
+        Ok(())
+    }
 }
 
 /// Options for [`Executable::compile`].
@@ -445,6 +559,36 @@ impl Executable {
     /// shapes, a run with the same shapes that reuses one `outputs` vector
     /// performs no heap allocation on any thread.
     pub fn run_into(&self, inputs: &[(&str, Tensor)], state: &mut State, outputs: &mut Vec<Tensor>) -> Result<()> {
+        self.run_with(inputs, state, outputs, &mut NoProbe)
+    }
+
+    /// Like [`Executable::run_into`], recording every plan step (kind, device,
+    /// start and end, bytes, FLOPs) into `steps` (cleared first). Times are in
+    /// nanoseconds from the start of this call; each step's backend is
+    /// synchronised before its end time is read.
+    pub fn run_profiled(
+        &self,
+        inputs: &[(&str, Tensor)],
+        state: &mut State,
+        outputs: &mut Vec<Tensor>,
+        steps: &mut Vec<crate::profile::StepRecord>,
+    ) -> Result<()> {
+        steps.clear();
+        let mut rec = Recorder {
+            origin: std::time::Instant::now(),
+            start: 0,
+            out: steps,
+        };
+        self.run_with(inputs, state, outputs, &mut rec)
+    }
+
+    fn run_with<P: Probe + Send>(
+        &self,
+        inputs: &[(&str, Tensor)],
+        state: &mut State,
+        outputs: &mut Vec<Tensor>,
+        probe: &mut P,
+    ) -> Result<()> {
         for (name, _) in inputs {
             if !self.placeholder_names.iter().any(|p| p == name) {
                 return Err(Error::UnknownInput {
@@ -513,7 +657,9 @@ impl Executable {
         scratch.inputs.extend(ordered.iter().map(|t| Some((*t).clone())));
         let mut result = Ok(());
         self.backends[0].run_plan(&mut || {
-            result = plan.pool.scope(|| self.execute(&plan, &mut scratch, state, outputs));
+            result = plan
+                .pool
+                .scope(|| self.execute(&plan, &mut scratch, state, outputs, &mut *probe));
         });
         // Drop whatever a failed run left behind; keep the arrays for the next run.
         scratch.values.iter_mut().for_each(|v| {
@@ -545,7 +691,14 @@ impl Executable {
             .map(|(_, p)| p.clone())
     }
 
-    fn execute(&self, plan: &Plan, scratch: &mut Scratch, state: &mut State, outputs: &mut Vec<Tensor>) -> Result<()> {
+    fn execute<P: Probe>(
+        &self,
+        plan: &Plan,
+        scratch: &mut Scratch,
+        state: &mut State,
+        outputs: &mut Vec<Tensor>,
+        probe: &mut P,
+    ) -> Result<()> {
         let g = &plan.graph;
         let Scratch {
             values,
@@ -557,8 +710,9 @@ impl Executable {
         values.resize(plan.uses.len(), None);
         remaining.clear();
         remaining.extend_from_slice(&plan.uses);
-        for &i in &plan.steps {
+        for (step, &i) in plan.steps.iter().enumerate() {
             let node = &g.nodes()[i];
+            probe.begin();
             args.clear();
             for v in &node.inputs {
                 let idx = plan.value_base[v.node.0 as usize] + v.output as usize;
@@ -635,6 +789,7 @@ impl Executable {
                 }
                 _ => self.backends[plan.devices[i]].execute(node, args)?,
             };
+            probe.end(self, plan, step, i, args, &outs)?;
             for t in args.drain(..) {
                 plan.pool.give(t);
             }

@@ -40,6 +40,7 @@ pub mod graph;
 pub mod npy;
 pub mod ops;
 pub mod passes;
+pub mod profile;
 pub mod quant;
 pub mod shape;
 pub mod tensor;

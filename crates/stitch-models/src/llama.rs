@@ -351,6 +351,8 @@ pub struct Llama {
     /// Tokens already in the cache.
     pos: usize,
     out: Vec<Tensor>,
+    /// Records decode steps when set (see [`Llama::profile_decode`]).
+    profiler: Option<stitch_core::profile::Profiler>,
 }
 
 impl std::fmt::Debug for Llama {
@@ -366,13 +368,25 @@ impl std::fmt::Debug for Llama {
 impl Llama {
     /// Builds and compiles the model for a `ctx`-token context on `backend`.
     pub fn new(cfg: LlamaConfig, weights: &dyn WeightSource, ctx: usize, backend: Arc<dyn Backend>) -> Result<Llama> {
+        Llama::with_backends(cfg, weights, ctx, vec![backend])
+    }
+
+    /// Like [`Llama::new`] on an ordered list of backends (primary first, e.g. a
+    /// GPU then the CPU): ops the primary lacks fall back to later ones. The KV
+    /// cache lives in the primary's memory.
+    pub fn with_backends(
+        cfg: LlamaConfig,
+        weights: &dyn WeightSource,
+        ctx: usize,
+        backends: Vec<Arc<dyn Backend>>,
+    ) -> Result<Llama> {
         if ctx == 0 {
             return Err(Error::invalid("the context size must be at least 1 token"));
         }
         let (gp, lp, caches) = build(&cfg, weights, Dim::sym("seq"), ctx)?;
         let (gd, ld, _) = build(&cfg, weights, Dim::Known(1), ctx)?;
-        let prefill = Executable::compile(&gp, &[lp], backend.clone(), CompileOptions::default())?;
-        let decode = Executable::compile(&gd, &[ld], backend, CompileOptions::default())?;
+        let prefill = Executable::compile_placed(&gp, &[lp], backends.clone(), CompileOptions::default())?;
+        let decode = Executable::compile_placed(&gd, &[ld], backends, CompileOptions::default())?;
         let state = prefill.new_state();
         Ok(Llama {
             cfg,
@@ -383,7 +397,19 @@ impl Llama {
             state,
             pos: 0,
             out: Vec::new(),
+            profiler: None,
         })
+    }
+
+    /// Starts recording every decode step (one token) with the profiler, or
+    /// stops and returns what was recorded.
+    pub fn profile_decode(&mut self, on: bool) -> Option<stitch_core::profile::Profiler> {
+        if on {
+            self.profiler.get_or_insert_with(stitch_core::profile::Profiler::new);
+            None
+        } else {
+            self.profiler.take()
+        }
     }
 
     /// Tokens in the cache.
@@ -456,7 +482,13 @@ impl Llama {
         }
         let inputs = self.step_inputs(ids)?;
         let exe = if ids.len() == 1 { &self.decode } else { &self.prefill };
-        exe.run_into(&inputs, &mut self.state, &mut self.out)?;
+        match &mut self.profiler {
+            Some(p) if ids.len() == 1 => {
+                let label = format!("decode {}", self.pos);
+                p.run(exe, &inputs, &mut self.state, &mut self.out, label)?
+            }
+            _ => exe.run_into(&inputs, &mut self.state, &mut self.out)?,
+        }
         self.pos += ids.len();
         self.out[0].to_vec::<f32>()
     }

@@ -1,0 +1,1166 @@
+//! The CUDA backend of stitch.
+//!
+//! Built on `cudarc` with the CUDA libraries loaded at run time, so this crate
+//! compiles (and the CPU path works) on machines without CUDA; creating a
+//! [`CudaBackend`] there fails with an error naming the missing library.
+//!
+//! * Memory: each tensor owns a device allocation ([`CudaMem`]); views
+//!   (reshape, transpose, slice, expand) are metadata over it, as on the CPU.
+//! * Fused regions and single elementwise ops are printed as CUDA C
+//!   ([`codegen`]), compiled with NVRTC for the device's architecture and
+//!   cached on disk ([`cache`]).
+//! * Matmul goes through cuBLAS (f32, strided batched).
+//! * Softmax, layer/RMS norm, gather and attention are hand-written kernels
+//!   ([`kernels`]).
+//!
+//! Ops it does not run fall back to the CPU backend through placement
+//! (`Executable::compile_placed(.., vec![cuda, cpu], ..)`), with counted copies.
+
+pub mod cache;
+pub mod codegen;
+pub mod kernels;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use stitch_core::ops::fused::{Expr, Region, RegionReduce};
+use stitch_core::ops::reduce::ReduceOp;
+use stitch_core::ops::{BinaryOp, Op};
+use stitch_core::{Backend, DType, DeviceMemory, Error, Node, Outputs, Result, Tensor};
+
+use crate::cache::{KernelCache, KeyParts};
+use crate::codegen::{Meta, MAX_OPERANDS, MAX_RANK};
+
+/// A GPU as `stitch info` lists it.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    /// Ordinal (`cuda:N`).
+    pub ordinal: usize,
+    /// Marketing name.
+    pub name: String,
+    /// Compute capability.
+    pub capability: (i32, i32),
+    /// Total memory in bytes.
+    pub total_memory: usize,
+    /// Free memory in bytes.
+    pub free_memory: usize,
+}
+
+fn err(msg: impl Into<String>) -> Error {
+    Error::invalid(msg.into())
+}
+
+/// Checks that the CUDA driver library can be loaded, naming it when not.
+fn check_driver() -> Result<()> {
+    // SAFETY: only probes whether the shared library can be opened.
+    if unsafe { cudarc::driver::sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(err(
+            "CUDA is not available: the NVIDIA driver library libcuda.so could not be loaded \
+             (is an NVIDIA driver installed?); use --device cpu",
+        ))
+    }
+}
+
+fn check_lib(present: bool, lib: &str) -> Result<()> {
+    if present {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "CUDA is installed but {lib} could not be loaded (is the CUDA 13 toolkit's library directory on LD_LIBRARY_PATH?); use --device cpu"
+        )))
+    }
+}
+
+/// The GPUs the driver reports; an error names the missing library.
+pub fn devices() -> Result<Vec<DeviceInfo>> {
+    check_driver()?;
+    let n = CudaContext::device_count().map_err(|e| err(format!("CUDA: cannot count devices: {e}")))?;
+    let mut out = Vec::new();
+    for ordinal in 0..n.max(0) as usize {
+        let ctx = CudaContext::new(ordinal).map_err(|e| err(format!("CUDA: cannot open cuda:{ordinal}: {e}")))?;
+        let (free, total) = ctx.mem_get_info().unwrap_or((0, 0));
+        out.push(DeviceInfo {
+            ordinal,
+            name: ctx.name().unwrap_or_else(|_| "unknown".into()),
+            capability: ctx.compute_capability().unwrap_or((0, 0)),
+            total_memory: total,
+            free_memory: free,
+        });
+    }
+    Ok(out)
+}
+
+/// Device memory of one tensor.
+pub struct CudaMem {
+    slice: CudaSlice<u8>,
+    ordinal: usize,
+}
+
+impl std::fmt::Debug for CudaMem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaMem(cuda:{}, {} bytes)", self.ordinal, self.slice.len())
+    }
+}
+
+impl DeviceMemory for CudaMem {
+    fn device(&self) -> String {
+        format!("cuda:{}", self.ordinal)
+    }
+    fn len(&self) -> usize {
+        self.slice.len()
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The CUDA backend for one GPU.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    ordinal: usize,
+    name: String,
+    gpu_name: String,
+    arch: String,
+    sm_count: u32,
+    nvrtc_version: (i32, i32),
+    driver_version: i32,
+    blas: Mutex<cudarc::cublas::CudaBlas>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    cache: KernelCache,
+    /// Scratch flag for gather's out-of-range check.
+    flag: Mutex<CudaSlice<i32>>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaBackend({}, {})", self.name, self.arch)
+    }
+}
+
+/// Everything a `Region` kernel is specialised on.
+fn region_key(region: &Region, inputs: &[DType]) -> String {
+    format!(
+        "{:?}|{:?}|{:?}|{:?}",
+        region.exprs, region.outputs, region.reduce, inputs
+    )
+}
+
+fn elem_ptr(t: &Tensor, stream: &CudaStream) -> Result<u64> {
+    let mem = t
+        .device_memory()
+        .and_then(|m| m.as_any().downcast_ref::<CudaMem>())
+        .ok_or_else(|| err("CUDA: expected a tensor in CUDA memory"))?;
+    let (base, _sync) = mem.slice.device_ptr(stream);
+    Ok(base + (t.offset() * t.dtype().size_in_bytes()) as u64)
+}
+
+fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
+    let mut s = vec![0i64; shape.len()];
+    let mut acc = 1i64;
+    for i in (0..shape.len()).rev() {
+        s[i] = acc;
+        acc *= shape[i] as i64;
+    }
+    s
+}
+
+fn normalize_axis(axis: i64, rank: usize) -> Option<usize> {
+    let a = if axis < 0 { axis + rank as i64 } else { axis };
+    (0..rank as i64).contains(&a).then_some(a as usize)
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal` (`cuda:N`). Fails with a message naming the missing
+    /// driver or library where CUDA is not usable.
+    pub fn new(ordinal: usize) -> Result<CudaBackend> {
+        check_driver()?;
+        // SAFETY: only probe whether the libraries can be opened.
+        check_lib(unsafe { cudarc::nvrtc::sys::is_culib_present() }, "NVRTC (libnvrtc.so)")?;
+        check_lib(
+            unsafe { cudarc::cublas::sys::is_culib_present() },
+            "cuBLAS (libcublas.so)",
+        )?;
+        let n = CudaContext::device_count().map_err(|e| err(format!("CUDA: cannot count devices: {e}")))?;
+        if ordinal >= n.max(0) as usize {
+            return Err(err(format!(
+                "cuda:{ordinal} does not exist: this machine has {n} CUDA device(s)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| err(format!("CUDA: cannot open cuda:{ordinal}: {e}")))?;
+        // One stream, in order: cudarc's per-buffer event tracking is not needed.
+        // SAFETY: called before any allocation or launch on this context.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let (maj, min) = ctx.compute_capability().map_err(|e| err(format!("CUDA: {e}")))?;
+        let sm_count = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .unwrap_or(32)
+            .max(1) as u32;
+        let gpu_name = ctx.name().unwrap_or_else(|_| "CUDA GPU".into());
+        let (mut nv_maj, mut nv_min) = (0, 0);
+        // SAFETY: plain out-parameters.
+        unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut nv_maj, &mut nv_min) };
+        let mut driver_version = 0;
+        // SAFETY: plain out-parameter.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) };
+        let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| err(format!("cuBLAS: {e}")))?;
+        let flag = stream
+            .alloc_zeros::<i32>(1)
+            .map_err(|e| err(format!("CUDA: cannot allocate: {e}")))?;
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            ordinal,
+            name: format!("cuda:{ordinal}"),
+            gpu_name,
+            arch: format!("sm_{maj}{min}"),
+            sm_count,
+            nvrtc_version: (nv_maj, nv_min),
+            driver_version,
+            blas: Mutex::new(blas),
+            functions: Mutex::new(HashMap::new()),
+            cache: KernelCache::from_env(),
+            flag: Mutex::new(flag),
+        })
+    }
+
+    /// The GPU's name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub fn gpu_name(&self) -> &str {
+        &self.gpu_name
+    }
+
+    /// The device's architecture, e.g. `sm_90`.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// Allocates an uninitialised tensor on the device. Out of memory is an error
+    /// that says how much was asked and how much is free.
+    pub fn alloc(&self, dtype: DType, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let bytes = (n * dtype.size_in_bytes()).max(1);
+        // SAFETY: the memory is written by a kernel or a copy before it is read.
+        let slice = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(|e| {
+            let (free, total) = self.ctx.mem_get_info().unwrap_or((0, 0));
+            err(format!(
+                "{}: cannot allocate {} bytes ({:.1} MiB) for a {dtype} tensor of shape {shape:?}: {e}; {:.1} MiB free of {:.1} MiB",
+                self.name,
+                bytes,
+                bytes as f64 / 1048576.0,
+                free as f64 / 1048576.0,
+                total as f64 / 1048576.0
+            ))
+        })?;
+        Tensor::from_device(
+            Arc::new(CudaMem {
+                slice,
+                ordinal: self.ordinal,
+            }),
+            dtype,
+            shape,
+        )
+    }
+
+    /// The compiled function `name` of `source` (memory, then disk cache, then NVRTC).
+    fn function(&self, key: &str, source: &str, name: &str) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.lock().map_err(|_| err("CUDA: poisoned"))?.get(key) {
+            return Ok(f.clone());
+        }
+        let options = vec![
+            format!("--gpu-architecture={}", self.arch),
+            "--std=c++17".to_string(),
+            "--fmad=true".to_string(),
+        ];
+        let parts = KeyParts {
+            source,
+            options: &options,
+            arch: &self.arch,
+            nvrtc: self.nvrtc_version,
+            driver: self.driver_version,
+        };
+        let disk_key = parts.key();
+        let ptx = match self.cache.get(&disk_key) {
+            Some(p) => p,
+            None => {
+                let opts = cudarc::nvrtc::CompileOptions {
+                    options: options.clone(),
+                    ..Default::default()
+                };
+                let ptx = cudarc::nvrtc::compile_ptx_with_opts(source, opts)
+                    .map_err(|e| err(format!("NVRTC could not compile kernel `{name}`: {e}")))?
+                    .to_src();
+                self.cache.put(&disk_key, &ptx);
+                ptx
+            }
+        };
+        let module = self
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(|e| err(format!("CUDA: cannot load kernel `{name}`: {e}")))?;
+        let f = module
+            .load_function(name)
+            .map_err(|e| err(format!("CUDA: kernel `{name}` not found: {e}")))?;
+        self.functions
+            .lock()
+            .map_err(|_| err("CUDA: poisoned"))?
+            .insert(key.to_string(), f.clone());
+        Ok(f)
+    }
+
+    fn builtin(&self, name: &str) -> Result<CudaFunction> {
+        self.function(&format!("builtin:{name}"), kernels::SOURCE, name)
+    }
+
+    fn check_launch(&self, what: &str, r: std::result::Result<(), cudarc::driver::DriverError>) -> Result<()> {
+        r.map_err(|e| err(format!("CUDA: launching {what} failed: {e}")))
+    }
+
+    fn grid_for(&self, n: usize, threads: u32) -> u32 {
+        let blocks = n.div_ceil(threads as usize).max(1);
+        blocks.min(self.sm_count as usize * 32) as u32
+    }
+
+    /// Runs `region` on `inputs` into freshly allocated outputs (or into
+    /// `target`, a strided destination, for copies).
+    fn run_region(&self, region: &Region, inputs: &[Tensor], out_types: &[(DType, Vec<usize>)]) -> Result<Outputs> {
+        let dtypes: Vec<DType> = inputs.iter().map(|t| t.dtype()).collect();
+        let key = region_key(region, &dtypes);
+        let mut iter: Vec<usize> = vec![];
+        for t in inputs {
+            iter = broadcast(&iter, t.shape()).ok_or_else(|| {
+                err(format!(
+                    "fused region: input shape {:?} does not broadcast with {iter:?}",
+                    t.shape()
+                ))
+            })?;
+        }
+        if iter.len() > MAX_RANK {
+            return Err(err(format!(
+                "CUDA kernels handle at most {MAX_RANK} axes, got {iter:?}"
+            )));
+        }
+        let outs: Vec<Tensor> = out_types
+            .iter()
+            .map(|(d, s)| self.alloc(*d, s))
+            .collect::<Result<_>>()?;
+        // Axis order: kept axes first, then reduced ones.
+        let reduced: Vec<usize> = region.reduce.as_ref().map(|r| r.axes.clone()).unwrap_or_default();
+        let order: Vec<usize> = (0..iter.len())
+            .filter(|a| !reduced.contains(a))
+            .chain(reduced.iter().copied())
+            .collect();
+        let kept = iter.len() - reduced.len();
+        let mut meta = Meta {
+            rank: iter.len() as i32,
+            kept: kept as i32,
+            ..Meta::default()
+        };
+        for (k, &a) in order.iter().enumerate() {
+            meta.dims[k] = iter[a] as i64;
+        }
+        for (j, t) in inputs.iter().enumerate() {
+            let b = t.broadcast_to(&iter)?;
+            for (k, &a) in order.iter().enumerate() {
+                meta.strides[j][k] = b.strides()[a] as i64;
+            }
+        }
+        for (o, t) in outs.iter().enumerate() {
+            // Outputs are contiguous over the kept axes; reduced axes do not move them.
+            let kept_shape: Vec<usize> = order[..kept].iter().map(|&a| iter[a]).collect();
+            let cs = contiguous_strides(&kept_shape);
+            debug_assert_eq!(t.numel(), kept_shape.iter().product::<usize>());
+            for k in 0..kept {
+                meta.strides[inputs.len() + o][k] = cs[k];
+            }
+        }
+        let n_kept: usize = order[..kept].iter().map(|&a| iter[a]).product();
+        let n_red: usize = order[kept..].iter().map(|&a| iter[a]).product();
+        meta.n = n_kept as i64;
+        meta.nred = n_red as i64;
+        if n_kept == 0 {
+            return Ok(outs.into_iter().collect());
+        }
+        let name = "st_region";
+        let f = match self.functions.lock().map_err(|_| err("CUDA: poisoned"))?.get(&key) {
+            Some(f) => Some(f.clone()),
+            None => None,
+        };
+        let f = match f {
+            Some(f) => f,
+            None => {
+                let k = codegen::region_kernel(region, &dtypes, name).map_err(err)?;
+                self.function(&key, &k.source, name)?
+            }
+        };
+        let ptrs: Vec<u64> = inputs
+            .iter()
+            .chain(&outs)
+            .map(|t| elem_ptr(t, &self.stream))
+            .collect::<Result<_>>()?;
+        let cfg = if region.reduce.is_some() {
+            let threads = 256u32;
+            LaunchConfig {
+                grid_dim: ((n_kept * 32).div_ceil(threads as usize) as u32, 1, 1),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: 0,
+            }
+        } else {
+            LaunchConfig {
+                grid_dim: (self.grid_for(n_kept, 256), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            }
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&meta);
+        for p in &ptrs {
+            b.arg(p);
+        }
+        // SAFETY: the kernel's parameters are (Meta, one pointer per operand),
+        // every pointer addresses a live allocation covering the strided extent.
+        self.check_launch("a fused region", unsafe { b.launch(cfg) }.map(|_| ()))?;
+        Ok(outs.into_iter().collect())
+    }
+
+    /// A contiguous copy of `t` on the device (`t` itself when already contiguous).
+    fn contiguous(&self, t: &Tensor) -> Result<Tensor> {
+        if t.is_contiguous() {
+            return Ok(t.clone());
+        }
+        let r = identity_region();
+        let mut out = self.run_region(&r, std::slice::from_ref(t), &[(t.dtype(), t.shape().to_vec())])?;
+        Ok(out.remove(0))
+    }
+
+    /// Copies `src` into the strided destination `dst` (a view of device memory).
+    fn copy_into(&self, dst: &Tensor, src: &Tensor) -> Result<()> {
+        if dst.shape() != src.shape() {
+            return Err(err(format!(
+                "CUDA copy: shapes {:?} and {:?} differ",
+                dst.shape(),
+                src.shape()
+            )));
+        }
+        if dst.numel() == 0 {
+            return Ok(());
+        }
+        if dst.rank() > MAX_RANK {
+            return Err(err(format!("CUDA kernels handle at most {MAX_RANK} axes")));
+        }
+        let r = identity_region();
+        let key = region_key(&r, &[src.dtype()]);
+        let k = codegen::region_kernel(&r, &[src.dtype()], "st_region").map_err(err)?;
+        let f = self.function(&key, &k.source, "st_region")?;
+        let mut meta = Meta {
+            rank: dst.rank() as i32,
+            kept: dst.rank() as i32,
+            n: dst.numel() as i64,
+            ..Meta::default()
+        };
+        for a in 0..dst.rank() {
+            meta.dims[a] = dst.shape()[a] as i64;
+            meta.strides[0][a] = src.strides()[a] as i64;
+            meta.strides[1][a] = dst.strides()[a] as i64;
+        }
+        let (ps, pd) = (elem_ptr(src, &self.stream)?, elem_ptr(dst, &self.stream)?);
+        let cfg = LaunchConfig {
+            grid_dim: (self.grid_for(dst.numel(), 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&meta).arg(&ps).arg(&pd);
+        // SAFETY: identity kernel over two live allocations with checked shapes.
+        self.check_launch("a copy", unsafe { b.launch(cfg) }.map(|_| ()))
+    }
+
+    fn matmul(&self, node: &Node, a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+        let out_shape = node.outputs[0]
+            .shape
+            .concrete()
+            .ok_or_else(|| err(format!("matmul `{}`: output shape not concrete", node.name)))?;
+        if a.dtype() != DType::F32 || b.dtype() != DType::F32 || a.rank() < 2 || b.rank() < 2 {
+            return Err(err(format!(
+                "CUDA matmul `{}` needs f32 operands of rank 2 or more, got {} {:?} and {} {:?}",
+                node.name,
+                a.dtype(),
+                a.shape(),
+                b.dtype(),
+                b.shape()
+            )));
+        }
+        let (ra, rb) = (a.rank(), b.rank());
+        let (m, k) = if ta {
+            (a.shape()[ra - 1], a.shape()[ra - 2])
+        } else {
+            (a.shape()[ra - 2], a.shape()[ra - 1])
+        };
+        let n = if tb { b.shape()[rb - 2] } else { b.shape()[rb - 1] };
+        let batch_shape = &out_shape[..out_shape.len() - 2];
+        let batch: usize = batch_shape.iter().product();
+        // Materialise operands as contiguous [batch, rows, cols] (broadcast batch
+        // dims are expanded only when both sides are batched differently).
+        let b_batch: usize = b.shape()[..rb - 2].iter().product();
+        let a_full = {
+            let mut s = batch_shape.to_vec();
+            s.extend_from_slice(&a.shape()[ra - 2..]);
+            self.contiguous(&a.broadcast_to(&s)?)?
+        };
+        let b_full = if b_batch == 1 {
+            self.contiguous(&b.reshape_view_2d()?)?
+        } else {
+            let mut s = batch_shape.to_vec();
+            s.extend_from_slice(&b.shape()[rb - 2..]);
+            self.contiguous(&b.broadcast_to(&s)?)?
+        };
+        let out = self.alloc(DType::F32, &out_shape)?;
+        if m * n == 0 {
+            return Ok(out);
+        }
+        let (pa, pb, pc) = (
+            elem_ptr(&a_full, &self.stream)?,
+            elem_ptr(&b_full, &self.stream)?,
+            elem_ptr(&out, &self.stream)?,
+        );
+        // Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ.
+        use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        let (opb, ldb) = if tb { (CUBLAS_OP_T, k) } else { (CUBLAS_OP_N, n) };
+        let (opa, lda) = if ta { (CUBLAS_OP_T, m) } else { (CUBLAS_OP_N, k) };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let blas = self.blas.lock().map_err(|_| err("cuBLAS: poisoned"))?;
+        let stride_b = if b_batch == 1 { 0 } else { (k * n) as i64 };
+        // SAFETY: pointers address contiguous [batch, ..] f32 buffers of the
+        // sizes given; the handle is bound to this backend's stream.
+        unsafe {
+            cudarc::cublas::result::sgemm_strided_batched(
+                *blas.handle(),
+                opb,
+                opa,
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha,
+                pb as *const f32,
+                ldb as i32,
+                stride_b,
+                pa as *const f32,
+                lda as i32,
+                (m * k) as i64,
+                &beta,
+                pc as *mut f32,
+                n as i32,
+                (m * n) as i64,
+                batch.max(1) as i32,
+            )
+        }
+        .map_err(|e| err(format!("cuBLAS sgemm for `{}` failed: {e}", node.name)))?;
+        Ok(out)
+    }
+
+    fn rows_cols(x: &Tensor, axis: i64, node: &Node) -> Result<(usize, usize, usize)> {
+        let ax = normalize_axis(axis, x.rank())
+            .ok_or_else(|| err(format!("`{}`: axis {axis} out of range for {:?}", node.name, x.shape())))?;
+        let rows: usize = x.shape()[..ax].iter().product();
+        let cols: usize = x.shape()[ax..].iter().product();
+        Ok((ax, rows, cols))
+    }
+
+    fn row_launch(&self, rows: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (kernels::ROW_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    fn softmax(&self, node: &Node, x: &Tensor, axis: i64, log: bool) -> Result<Tensor> {
+        let (ax, rows, cols) = Self::rows_cols(x, axis, node)?;
+        if ax != x.rank() - 1 || x.dtype() != DType::F32 {
+            return Err(err(format!(
+                "CUDA softmax `{}`: only f32 over the last axis",
+                node.name
+            )));
+        }
+        let x = self.contiguous(x)?;
+        let y = self.alloc(DType::F32, x.shape())?;
+        if rows * cols == 0 {
+            return Ok(y);
+        }
+        let f = self.builtin("st_softmax")?;
+        let (px, py) = (elem_ptr(&x, &self.stream)?, elem_ptr(&y, &self.stream)?);
+        let (rows_i, cols_i, log_i) = (rows as i64, cols as i32, i32::from(log));
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&px).arg(&py).arg(&rows_i).arg(&cols_i).arg(&log_i);
+        // SAFETY: contiguous [rows, cols] f32 in and out.
+        self.check_launch("softmax", unsafe { b.launch(self.row_launch(rows)) }.map(|_| ()))?;
+        Ok(y)
+    }
+
+    fn norm(&self, node: &Node, inputs: &[Tensor], axis: i64, eps: f64, rms: bool) -> Result<Tensor> {
+        let x = &inputs[0];
+        let (ax, rows, cols) = Self::rows_cols(x, axis, node)?;
+        if x.dtype() != DType::F32 {
+            return Err(err(format!("CUDA norm `{}`: only f32", node.name)));
+        }
+        let norm_shape = &x.shape()[ax..];
+        let param = |t: &Tensor| -> Result<Tensor> { self.contiguous(&t.broadcast_to(norm_shape)?) };
+        let x = self.contiguous(x)?;
+        let w = param(&inputs[1])?;
+        let bias = if !rms && inputs.len() > 2 {
+            Some(param(&inputs[2])?)
+        } else {
+            None
+        };
+        let y = self.alloc(DType::F32, x.shape())?;
+        if rows * cols == 0 {
+            return Ok(y);
+        }
+        let (px, pw, py) = (
+            elem_ptr(&x, &self.stream)?,
+            elem_ptr(&w, &self.stream)?,
+            elem_ptr(&y, &self.stream)?,
+        );
+        let (rows_i, cols_i, eps_f) = (rows as i64, cols as i32, eps as f32);
+        if rms {
+            let f = self.builtin("st_rmsnorm")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&px).arg(&pw).arg(&py).arg(&rows_i).arg(&cols_i).arg(&eps_f);
+            // SAFETY: contiguous [rows, cols] x and y, [cols] w.
+            self.check_launch("rms_norm", unsafe { b.launch(self.row_launch(rows)) }.map(|_| ()))?;
+        } else {
+            let f = self.builtin("st_layernorm")?;
+            let pb = match &bias {
+                Some(t) => elem_ptr(t, &self.stream)?,
+                None => pw,
+            };
+            let has_bias = i32::from(bias.is_some());
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&px)
+                .arg(&pw)
+                .arg(&pb)
+                .arg(&py)
+                .arg(&rows_i)
+                .arg(&cols_i)
+                .arg(&eps_f)
+                .arg(&has_bias);
+            // SAFETY: contiguous [rows, cols] x and y, [cols] w and bias.
+            self.check_launch("layer_norm", unsafe { b.launch(self.row_launch(rows)) }.map(|_| ()))?;
+        }
+        Ok(y)
+    }
+
+    fn gather(&self, node: &Node, data: &Tensor, idx: &Tensor, axis: i64) -> Result<Tensor> {
+        let ax = normalize_axis(axis, data.rank())
+            .ok_or_else(|| err(format!("gather `{}`: axis {axis} out of range", node.name)))?;
+        let fname = match idx.dtype() {
+            DType::I64 => "st_gather_i64",
+            DType::I32 => "st_gather_i32",
+            d => {
+                return Err(err(format!(
+                    "CUDA gather `{}`: indices must be i64 or i32, got {d}",
+                    node.name
+                )))
+            }
+        };
+        let data = self.contiguous(data)?;
+        let idx = self.contiguous(idx)?;
+        let outer: usize = data.shape()[..ax].iter().product();
+        let axis_len = data.shape()[ax];
+        let inner: usize = data.shape()[ax + 1..].iter().product();
+        let es = data.dtype().size_in_bytes();
+        let mut out_shape = data.shape()[..ax].to_vec();
+        out_shape.extend_from_slice(idx.shape());
+        out_shape.extend_from_slice(&data.shape()[ax + 1..]);
+        let out = self.alloc(data.dtype(), &out_shape)?;
+        let total = outer * idx.numel() * inner * es;
+        if total == 0 {
+            return Ok(out);
+        }
+        let f = self.builtin(fname)?;
+        let flag = self.flag.lock().map_err(|_| err("CUDA: poisoned"))?;
+        let (pflag, _s) = flag.device_ptr(&self.stream);
+        // Clear the flag (4 bytes) by copying a zero from the host.
+        let zero = [0i32];
+        {
+            let mut fl = flag.clone();
+            self.stream
+                .memcpy_htod(&zero, &mut fl)
+                .map_err(|e| err(format!("CUDA: {e}")))?;
+        }
+        let (pd, pi, po) = (
+            elem_ptr(&data, &self.stream)?,
+            elem_ptr(&idx, &self.stream)?,
+            elem_ptr(&out, &self.stream)?,
+        );
+        let (outer_i, axis_i, n_i, inner_b) = (outer as i64, axis_len as i64, idx.numel() as i64, (inner * es) as i64);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&pd)
+            .arg(&pi)
+            .arg(&po)
+            .arg(&outer_i)
+            .arg(&axis_i)
+            .arg(&n_i)
+            .arg(&inner_b)
+            .arg(&pflag);
+        let cfg = LaunchConfig {
+            grid_dim: (self.grid_for(total, 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: contiguous data, indices and output of the sizes computed above.
+        self.check_launch("gather", unsafe { b.launch(cfg) }.map(|_| ()))?;
+        let mut host = [0i32];
+        self.stream
+            .memcpy_dtoh(&*flag, &mut host)
+            .map_err(|e| err(format!("CUDA: {e}")))?;
+        if host[0] != 0 {
+            return Err(err(format!(
+                "gather `{}`: an index is out of range for axis {ax} of size {axis_len}",
+                node.name
+            )));
+        }
+        Ok(out)
+    }
+
+    fn sdpa(&self, node: &Node, inputs: &[Tensor], scale: Option<f64>, causal: bool) -> Result<Tensor> {
+        let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
+        if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 || q.dtype() != DType::F32 {
+            return Err(err(format!(
+                "CUDA sdpa `{}`: needs f32 [B, H, S, D] operands",
+                node.name
+            )));
+        }
+        let (b, h, s, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+        let (hk, t, dv) = (k.shape()[1], k.shape()[2], v.shape()[3]);
+        if t > kernels::ATTN_MAX_KEYS {
+            return Err(err(format!(
+                "CUDA sdpa `{}`: {t} keys exceed the kernel's limit of {}",
+                node.name,
+                kernels::ATTN_MAX_KEYS
+            )));
+        }
+        let kb = k.broadcast_to(&[b, hk, t, d])?;
+        let vb = v.broadcast_to(&[b, hk, t, dv])?;
+        let mut m = kernels::AttnMeta {
+            b: b as i64,
+            h: h as i64,
+            hk: hk as i64,
+            s: s as i64,
+            t: t as i64,
+            d: d as i64,
+            dv: dv as i64,
+            scale: scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32,
+            causal: i32::from(causal),
+            ..Default::default()
+        };
+        for i in 0..4 {
+            m.qs[i] = q.strides()[i] as i64;
+            m.ks[i] = kb.strides()[i] as i64;
+            m.vs[i] = vb.strides()[i] as i64;
+        }
+        let mask_ptr = match inputs.get(3) {
+            Some(mask) => {
+                let mb = mask.broadcast_to(&[b, h, s, t])?;
+                for i in 0..4 {
+                    m.ms[i] = mb.strides()[i] as i64;
+                }
+                m.mask_kind = match mask.dtype() {
+                    DType::Bool => 1,
+                    DType::F32 => 2,
+                    dt => return Err(err(format!("CUDA sdpa `{}`: mask dtype {dt}", node.name))),
+                };
+                elem_ptr(mask, &self.stream)?
+            }
+            None => 0u64,
+        };
+        let out = self.alloc(DType::F32, &[b, h, s, dv])?;
+        let rows = b * h * s;
+        if rows == 0 || dv == 0 {
+            return Ok(out);
+        }
+        let f = self.builtin("st_sdpa")?;
+        let (pq, pk, pv, po) = (
+            elem_ptr(q, &self.stream)?,
+            elem_ptr(k, &self.stream)?,
+            elem_ptr(v, &self.stream)?,
+            elem_ptr(&out, &self.stream)?,
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (kernels::ATTN_THREADS, 1, 1),
+            shared_mem_bytes: (t.max(1) * 4) as u32,
+        };
+        if cfg.shared_mem_bytes > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                cfg.shared_mem_bytes as i32,
+            )
+            .map_err(|e| err(format!("CUDA: {e}")))?;
+        }
+        let mut bld = self.stream.launch_builder(&f);
+        bld.arg(&m).arg(&pq).arg(&pk).arg(&pv).arg(&mask_ptr).arg(&po);
+        // SAFETY: strides and sizes in `m` describe the live q/k/v/mask tensors.
+        self.check_launch("sdpa", unsafe { bld.launch(cfg) }.map(|_| ()))?;
+        Ok(out)
+    }
+}
+
+fn identity_region() -> Region {
+    Region {
+        exprs: vec![Expr::Input(0)],
+        outputs: vec![0],
+        reduce: None,
+        members: vec![],
+    }
+}
+
+fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let r = a.len().max(b.len());
+    let mut out = vec![0; r];
+    for i in 0..r {
+        let x = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
+        let y = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        out[i] = if x == y || y == 1 {
+            x
+        } else if x == 1 {
+            y
+        } else {
+            return None;
+        };
+    }
+    Some(out)
+}
+
+/// A one-node region for an elementwise op or a reduction.
+fn single_op_region(op: &Op, n_inputs: usize) -> Option<Region> {
+    let mut exprs: Vec<Expr> = (0..n_inputs).map(Expr::Input).collect();
+    let mut reduce = None;
+    match op {
+        Op::Unary(u) => exprs.push(Expr::Unary(*u, 0)),
+        Op::Binary(b) => exprs.push(Expr::Binary(*b, 0, 1)),
+        Op::Where => exprs.push(Expr::Where(0, 1, 2)),
+        Op::Cast(d) => exprs.push(Expr::Cast(*d, 0)),
+        _ => {
+            let _ = &mut reduce;
+            return None;
+        }
+    }
+    let last = exprs.len() - 1;
+    Some(Region {
+        exprs,
+        outputs: vec![last],
+        reduce,
+        members: vec![],
+    })
+}
+
+fn clamp_region(min: Option<f64>, max: Option<f64>, d: DType) -> Region {
+    let mut exprs = vec![Expr::Input(0)];
+    let mut cur = 0;
+    if let Some(lo) = min {
+        exprs.push(Expr::Scalar(lo, d));
+        exprs.push(Expr::Binary(BinaryOp::Max, cur, exprs.len() - 1));
+        cur = exprs.len() - 1;
+    }
+    if let Some(hi) = max {
+        exprs.push(Expr::Scalar(hi, d));
+        exprs.push(Expr::Binary(BinaryOp::Min, cur, exprs.len() - 1));
+        cur = exprs.len() - 1;
+    }
+    Region {
+        exprs,
+        outputs: vec![cur],
+        reduce: None,
+        members: vec![],
+    }
+}
+
+trait View2d {
+    fn reshape_view_2d(&self) -> Result<Tensor>;
+}
+
+impl View2d for Tensor {
+    /// Drops leading size-1 batch axes: `[1, .., 1, r, c]` → `[r, c]` (a view).
+    fn reshape_view_2d(&self) -> Result<Tensor> {
+        let r = self.rank();
+        self.as_strided(&self.shape()[r - 2..], &self.strides()[r - 2..], self.offset())
+    }
+}
+
+fn out_shape(node: &Node, k: usize) -> Result<Vec<usize>> {
+    node.outputs[k]
+        .shape
+        .concrete()
+        .ok_or_else(|| err(format!("`{}`: output shape is not concrete", node.name)))
+}
+
+fn out_types(node: &Node) -> Result<Vec<(DType, Vec<usize>)>> {
+    (0..node.outputs.len())
+        .map(|k| Ok((node.outputs[k].dtype, out_shape(node, k)?)))
+        .collect()
+}
+
+fn float_out(node: &Node) -> bool {
+    node.outputs.iter().all(|t| t.dtype == DType::F32)
+}
+
+fn supported_dtypes(node: &Node) -> bool {
+    node.outputs.iter().all(|t| codegen::c_type(t.dtype).is_some())
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn supports(&self, node: &Node) -> bool {
+        let rank = node.outputs.first().map(|t| t.shape.rank()).unwrap_or(0);
+        match &node.op {
+            Op::Fused(r) => {
+                supported_dtypes(node) && r.exprs.iter().filter(|e| matches!(e, Expr::Input(_))).count() < MAX_OPERANDS
+            }
+            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Cast(_) | Op::Clamp { .. } => supported_dtypes(node),
+            Op::Reduce { .. } => supported_dtypes(node) && rank <= MAX_RANK,
+            Op::MatMul { .. } => float_out(node) && rank >= 2,
+            Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+                float_out(node) && normalize_axis(*axis, rank) == Some(rank.saturating_sub(1))
+            }
+            Op::RmsNorm { .. } | Op::LayerNorm { .. } => float_out(node),
+            Op::Sdpa(_) => float_out(node),
+            Op::Gather { .. } => supported_dtypes(node),
+            Op::Reshape { .. }
+            | Op::Squeeze { .. }
+            | Op::Unsqueeze { .. }
+            | Op::Transpose { .. }
+            | Op::Expand { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. } => supported_dtypes(node) && rank <= MAX_RANK,
+            _ => false,
+        }
+    }
+
+    fn supports_fusion(&self) -> bool {
+        true
+    }
+
+    fn is_host(&self) -> bool {
+        false
+    }
+
+    fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Outputs> {
+        let one = |t: Tensor| -> Result<Outputs> { Ok(smallvec::smallvec![t]) };
+        let wrap = |e: Error| match e {
+            Error::Node { .. } => e,
+            e => Error::node(node.name.clone(), node.op.kind(), e.to_string()),
+        };
+        let res = (|| -> Result<Outputs> {
+            match &node.op {
+                Op::Fused(r) => self.run_region(r, inputs, &out_types(node)?),
+                Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Cast(_) => {
+                    let r = single_op_region(&node.op, inputs.len()).ok_or_else(|| err("internal: not elementwise"))?;
+                    self.run_region(&r, inputs, &out_types(node)?)
+                }
+                Op::Clamp { min, max } => {
+                    let r = clamp_region(*min, *max, inputs[0].dtype());
+                    self.run_region(&r, inputs, &out_types(node)?)
+                }
+                Op::Reduce { op, axes, keepdims } => {
+                    let x = &inputs[0];
+                    let mut ax: Vec<usize> = if axes.is_empty() {
+                        (0..x.rank()).collect()
+                    } else {
+                        axes.iter()
+                            .map(|&a| normalize_axis(a, x.rank()).ok_or_else(|| err(format!("axis {a} out of range"))))
+                            .collect::<Result<_>>()?
+                    };
+                    ax.sort_unstable();
+                    ax.dedup();
+                    let r = Region {
+                        exprs: vec![Expr::Input(0)],
+                        outputs: vec![0],
+                        reduce: Some(RegionReduce {
+                            op: *op,
+                            axes: ax,
+                            keepdims: *keepdims,
+                        }),
+                        members: vec![],
+                    };
+                    if *op == ReduceOp::Mean && !x.dtype().is_float() {
+                        return Err(err("mean of integers is not supported on CUDA"));
+                    }
+                    self.run_region(&r, inputs, &out_types(node)?)
+                }
+                Op::MatMul {
+                    transpose_a,
+                    transpose_b,
+                } => one(self.matmul(node, &inputs[0], &inputs[1], *transpose_a, *transpose_b)?),
+                Op::Softmax { axis } => one(self.softmax(node, &inputs[0], *axis, false)?),
+                Op::LogSoftmax { axis } => one(self.softmax(node, &inputs[0], *axis, true)?),
+                Op::RmsNorm { axis, epsilon } => one(self.norm(node, inputs, *axis, *epsilon, true)?),
+                Op::LayerNorm { axis, epsilon } => one(self.norm(node, inputs, *axis, *epsilon, false)?),
+                Op::Sdpa(a) => one(self.sdpa(node, inputs, a.scale, a.causal)?),
+                Op::Gather { axis } => one(self.gather(node, &inputs[0], &inputs[1], *axis)?),
+                Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
+                    let shape = out_shape(node, 0)?;
+                    let x = self.contiguous(&inputs[0])?;
+                    one(x.reshape(&shape)?)
+                }
+                Op::Transpose { perm } => {
+                    let x = &inputs[0];
+                    if perm.is_empty() {
+                        let rev: Vec<usize> = (0..x.rank()).rev().collect();
+                        one(x.permute(&rev)?)
+                    } else {
+                        one(x.permute(perm)?)
+                    }
+                }
+                Op::Expand { .. } => one(inputs[0].broadcast_to(&out_shape(node, 0)?)?),
+                Op::Slice {
+                    starts,
+                    ends,
+                    axes,
+                    steps,
+                } => one(slice_view(&inputs[0], starts, ends, axes, steps, &out_shape(node, 0)?)?),
+                Op::Concat { axis } => {
+                    let shape = out_shape(node, 0)?;
+                    let ax = normalize_axis(*axis, shape.len()).ok_or_else(|| err("concat axis out of range"))?;
+                    let out = self.alloc(node.outputs[0].dtype, &shape)?;
+                    let mut at = 0usize;
+                    for x in inputs {
+                        let len = x.shape()[ax];
+                        if len > 0 {
+                            let dst = out.slice(ax, at as isize, (at + len) as isize, 1)?;
+                            self.copy_into(&dst, x)?;
+                        }
+                        at += len;
+                    }
+                    one(out)
+                }
+                op => Err(err(format!("the CUDA backend has no kernel for `{}`", op.kind()))),
+            }
+        })();
+        res.map_err(wrap)
+    }
+
+    fn upload(&self, t: &Tensor) -> Result<Tensor> {
+        if t.device_memory().is_some() {
+            return Ok(t.clone());
+        }
+        let host = t.contiguous();
+        let es = host.dtype().size_in_bytes();
+        let bytes = &host.buffer().as_bytes()[host.offset() * es..][..host.numel() * es];
+        let out = self.alloc(t.dtype(), t.shape())?;
+        if !bytes.is_empty() {
+            let mem = out
+                .device_memory()
+                .and_then(|m| m.as_any().downcast_ref::<CudaMem>())
+                .ok_or_else(|| err("internal: fresh CUDA tensor"))?;
+            let (dst, _s) = mem.slice.device_ptr(&self.stream);
+            // SAFETY: `dst` holds at least `bytes.len()` bytes; the copy is synchronous
+            // with respect to the host buffer (cuMemcpyHtoDAsync on pageable memory
+            // returns once the source has been consumed).
+            unsafe {
+                cudarc::driver::result::memcpy_htod_async(dst, bytes, self.stream.cu_stream())
+                    .map_err(|e| err(format!("CUDA upload of {} bytes failed: {e}", bytes.len())))?;
+            }
+            // The host buffer may be freed right after: wait for the copy.
+            self.stream.synchronize().map_err(|e| err(format!("CUDA: {e}")))?;
+        }
+        Ok(out)
+    }
+
+    fn download(&self, t: &Tensor) -> Result<Tensor> {
+        if t.device_memory().is_none() {
+            return Ok(t.clone());
+        }
+        let c = self.contiguous(t)?;
+        let es = c.dtype().size_in_bytes();
+        let n = c.numel() * es;
+        let mut bytes = vec![0u8; n];
+        if n > 0 {
+            let src = elem_ptr(&c, &self.stream)?;
+            // SAFETY: `src` addresses `n` bytes of live device memory; the stream is
+            // synchronised before the host buffer is read.
+            unsafe {
+                cudarc::driver::result::memcpy_dtoh_async(&mut bytes[..], src, self.stream.cu_stream())
+                    .map_err(|e| err(format!("CUDA download of {n} bytes failed: {e}")))?;
+            }
+            self.stream.synchronize().map_err(|e| err(format!("CUDA: {e}")))?;
+        }
+        Ok(Tensor::from_buffer(
+            stitch_core::Buffer::from_bytes(&bytes),
+            c.dtype(),
+            c.shape(),
+        ))
+    }
+
+    fn write_slice(&self, target: &mut Tensor, starts: &[usize], src: &Tensor) -> Result<()> {
+        if target.device_memory().is_none() {
+            return target.write_slice(starts, src);
+        }
+        if starts.len() != target.rank() || src.rank() != target.rank() {
+            return Err(err(format!(
+                "slice_update: starts {starts:?} and update {:?} do not match the variable's rank {}",
+                src.shape(),
+                target.rank()
+            )));
+        }
+        let mut dst = target.clone();
+        for (a, (&s, &n)) in starts.iter().zip(src.shape()).enumerate() {
+            if s + n > target.shape()[a] {
+                return Err(err(format!(
+                    "slice_update: update {:?} at {starts:?} does not fit in {:?}",
+                    src.shape(),
+                    target.shape()
+                )));
+            }
+            dst = dst.slice(a, s as isize, (s + n) as isize, 1)?;
+        }
+        let src = if src.device_memory().is_some() {
+            src.clone()
+        } else {
+            self.upload(src)?
+        };
+        self.copy_into(&dst, &src)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| err(format!("CUDA: {e}")))
+    }
+}
+
+fn slice_view(x: &Tensor, starts: &[i64], ends: &[i64], axes: &[i64], steps: &[i64], out: &[usize]) -> Result<Tensor> {
+    let mut t = x.clone();
+    let axes: Vec<i64> = if axes.is_empty() {
+        (0..starts.len() as i64).collect()
+    } else {
+        axes.to_vec()
+    };
+    for (i, &a) in axes.iter().enumerate() {
+        let ax = normalize_axis(a, x.rank()).ok_or_else(|| err(format!("slice axis {a} out of range")))?;
+        let dim = x.shape()[ax] as i64;
+        let step = steps.get(i).copied().unwrap_or(1);
+        if step == 0 {
+            return Err(err("slice step must not be 0"));
+        }
+        let norm = |v: i64| if v < 0 { v + dim } else { v };
+        let (s, e) = (norm(starts[i]), norm(ends[i]));
+        let (s, e) = if step > 0 {
+            (s.clamp(0, dim), e.clamp(0, dim))
+        } else {
+            (s.clamp(-1, dim - 1), e.clamp(-1, dim - 1))
+        };
+        t = t.slice(ax, s as isize, e as isize, step as isize)?;
+    }
+    if t.shape() != out {
+        return Err(err(format!(
+            "slice produced {:?}, the graph expects {out:?}",
+            t.shape()
+        )));
+    }
+    Ok(t)
+}

@@ -1,0 +1,463 @@
+//! The CUDA backend against the CPU backend, op by op and on a decoder step,
+//! on seeded random data. GPU tests are ignored where no GPU exists; stage them
+//! with `../shared/tools/stage-gpu` and run `bash .gpu/run-tests.sh` on a GPU machine.
+
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use stitch_core::ops::attention::SdpaAttrs;
+use stitch_core::ops::reduce::ReduceOp;
+use stitch_core::ops::{BinaryOp, UnaryOp};
+use stitch_core::profile::{Profiler, StepKind};
+use stitch_core::{Backend, CompileOptions, DType, Executable, Graph, Op, Tensor, Value};
+use stitch_cpu::CpuBackend;
+use stitch_cuda::CudaBackend;
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn random(r: &mut ChaCha8Rng, dtype: DType, shape: &[usize], lo: f64, hi: f64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|_| match dtype {
+            DType::Bool => f64::from(r.gen_range(0..2u8)),
+            d if d.is_int() => r.gen_range(lo as i64..hi as i64) as f64,
+            _ => r.gen_range(lo..hi),
+        })
+        .collect();
+    Tensor::from_f64(dtype, &v, shape).unwrap()
+}
+
+fn cuda() -> Arc<dyn Backend> {
+    Arc::new(CudaBackend::new(0).expect("a CUDA GPU"))
+}
+
+fn backends() -> Vec<Arc<dyn Backend>> {
+    vec![cuda(), Arc::new(CpuBackend::new())]
+}
+
+/// Runs `outs` of `g` on CUDA (with CPU fallback) and on the CPU alone; returns
+/// both results and the number of nodes that fell back.
+fn both(
+    g: &Graph,
+    outs: &[Value],
+    inputs: &[(&str, Tensor)],
+    opts: CompileOptions,
+) -> (Vec<Tensor>, Vec<Tensor>, usize) {
+    let gpu = Executable::compile_placed(g, outs, backends(), opts.clone()).unwrap();
+    let cpu = Executable::compile(g, outs, Arc::new(CpuBackend::new()), opts).unwrap();
+    let got = gpu.run(inputs, &mut gpu.new_state()).unwrap();
+    let want = cpu.run(inputs, &mut cpu.new_state()).unwrap();
+    let types: Vec<_> = inputs
+        .iter()
+        .map(|(_, t)| stitch_core::passes::specialize::type_of(t))
+        .collect();
+    let fallbacks = gpu.plan_for(&types).unwrap().report.placement.fallback_nodes;
+    (got, want, fallbacks)
+}
+
+/// max |a - b| / max(max |b|, tiny); NaNs must match positions.
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    assert_eq!(a.dtype(), b.dtype());
+    let (x, y) = (a.to_f64_vec(), b.to_f64_vec());
+    let scale = y
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold(0f64, |m, v| m.max(v.abs()))
+        .max(1e-30);
+    let mut worst = 0f64;
+    for (p, q) in x.iter().zip(&y) {
+        if q.is_nan() || p.is_nan() {
+            assert!(p.is_nan() && q.is_nan(), "NaN mismatch: {p} vs {q}");
+            continue;
+        }
+        if q.is_infinite() || p.is_infinite() {
+            assert_eq!(p, q);
+            continue;
+        }
+        worst = worst.max((p - q).abs() / scale);
+    }
+    worst
+}
+
+fn check(got: &[Tensor], want: &[Tensor], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len());
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        let e = rel_err(a, b);
+        assert!(e <= tol, "{what} output {i}: relative error {e:.3e} > {tol:.1e}");
+    }
+}
+
+#[test]
+fn creating_the_backend_either_works_or_names_what_is_missing() {
+    match CudaBackend::new(0) {
+        Ok(b) => assert!(b.arch().starts_with("sm_")),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("libcuda")
+                    || msg.contains("NVRTC")
+                    || msg.contains("cuBLAS")
+                    || msg.contains("does not exist"),
+                "{msg}"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fused_elementwise_chain_with_broadcasts() {
+    let mut r = rng(1);
+    let mut g = Graph::new();
+    let x = g.placeholder("x", DType::F32, [64, 257]);
+    let b = g.placeholder("b", DType::F32, [257]);
+    let c = g.placeholder("c", DType::F32, [64, 1]);
+    let t = g.tanh(x).unwrap();
+    let s = g.sigmoid(x).unwrap();
+    let m = g.mul(t, s).unwrap();
+    let a = g.add(m, b).unwrap();
+    let y = g.mul(a, c).unwrap();
+    let z = g.unary(UnaryOp::Gelu, y).unwrap();
+    let ins = [
+        ("x", random(&mut r, DType::F32, &[64, 257], -3.0, 3.0)),
+        ("b", random(&mut r, DType::F32, &[257], -1.0, 1.0)),
+        ("c", random(&mut r, DType::F32, &[64, 1], -1.0, 1.0)),
+    ];
+    let (got, want, fb) = both(&g, &[z], &ins, CompileOptions::default());
+    assert_eq!(fb, 0);
+    check(&got, &want, 1e-5, "fused chain");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_unary_and_binary_op_unfused() {
+    let mut r = rng(2);
+    let opts = CompileOptions {
+        fuse: false,
+        ..Default::default()
+    };
+    for op in UnaryOp::ALL {
+        if op == UnaryOp::Not {
+            continue;
+        }
+        let mut g = Graph::new();
+        let x = g.placeholder("x", DType::F32, [33, 65]);
+        let y = g.unary(op, x).unwrap();
+        let (lo, hi) = match op {
+            UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt => (0.1, 4.0),
+            _ => (-4.0, 4.0),
+        };
+        let ins = [("x", random(&mut r, DType::F32, &[33, 65], lo, hi))];
+        let (got, want, fb) = both(&g, &[y], &ins, opts.clone());
+        assert_eq!(fb, 0, "{op:?}");
+        check(&got, &want, 2e-6, &format!("{op:?}"));
+    }
+    for op in BinaryOp::ALL {
+        let dtype = match op {
+            BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => DType::Bool,
+            _ => DType::F32,
+        };
+        let mut g = Graph::new();
+        let a = g.placeholder("a", dtype, [17, 31]);
+        let b = g.placeholder("b", dtype, [31]);
+        let y = g.binary(op, a, b).unwrap();
+        let (lo, hi) = if op == BinaryOp::Pow { (0.5, 2.0) } else { (-3.0, 3.0) };
+        let ins = [
+            ("a", random(&mut r, dtype, &[17, 31], lo, hi)),
+            ("b", random(&mut r, dtype, &[31], lo, hi)),
+        ];
+        let (got, want, fb) = both(&g, &[y], &ins, opts.clone());
+        assert_eq!(fb, 0, "{op:?}");
+        check(&got, &want, 2e-6, &format!("{op:?}"));
+    }
+    // Integer arithmetic and casts.
+    let mut g = Graph::new();
+    let a = g.placeholder("a", DType::I64, [40]);
+    let b = g.placeholder("b", DType::I64, [40]);
+    let d = g.binary(BinaryOp::Div, a, b).unwrap();
+    let m = g.binary(BinaryOp::Mod, a, b).unwrap();
+    let f = g.cast(m, DType::F32).unwrap();
+    let ins = [
+        ("a", random(&mut r, DType::I64, &[40], -50.0, 50.0)),
+        ("b", random(&mut r, DType::I64, &[40], -7.0, 7.0)),
+    ];
+    let (got, want, _) = both(&g, &[d, m, f], &ins, opts);
+    check(&got, &want, 0.0, "integer div/mod/cast");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn reductions_plain_and_fused() {
+    let mut r = rng(3);
+    for (op, axes, keep) in [
+        (ReduceOp::Sum, vec![-1i64], false),
+        (ReduceOp::Mean, vec![0, 2], true),
+        (ReduceOp::Max, vec![1], true),
+        (ReduceOp::Min, vec![], false),
+        (ReduceOp::Prod, vec![2], false),
+    ] {
+        let mut g = Graph::new();
+        let x = g.placeholder("x", DType::F32, [7, 45, 19]);
+        let e = g.exp(x).unwrap();
+        let y = g.reduce(op, e, &axes, keep).unwrap();
+        let (lo, hi) = if op == ReduceOp::Prod { (-0.1, 0.1) } else { (-2.0, 2.0) };
+        let ins = [("x", random(&mut r, DType::F32, &[7, 45, 19], lo, hi))];
+        for fuse in [true, false] {
+            let opts = CompileOptions {
+                fuse,
+                ..Default::default()
+            };
+            let (got, want, fb) = both(&g, &[y], &ins, opts);
+            assert_eq!(fb, 0);
+            check(&got, &want, 1e-5, &format!("{op:?} over {axes:?} (fuse {fuse})"));
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn matmul_shapes_transposes_and_broadcasts() {
+    let mut r = rng(4);
+    let cases: Vec<(Vec<usize>, Vec<usize>, bool, bool)> = vec![
+        (vec![37, 64], vec![64, 23], false, false),
+        (vec![3, 37, 64], vec![3, 64, 23], false, false),
+        (vec![3, 37, 64], vec![64, 23], false, false),
+        (vec![37, 64], vec![23, 64], false, true),
+        (vec![2, 64, 37], vec![2, 23, 64], true, true),
+        (vec![2, 1, 5, 8], vec![3, 8, 6], false, false),
+    ];
+    for (sa, sb, ta, tb) in cases {
+        let mut g = Graph::new();
+        let a = g.placeholder("a", DType::F32, sa.as_slice());
+        let b = g.placeholder("b", DType::F32, sb.as_slice());
+        let y = g.matmul_t(a, b, ta, tb).unwrap();
+        let ins = [
+            ("a", random(&mut r, DType::F32, &sa, -1.0, 1.0)),
+            ("b", random(&mut r, DType::F32, &sb, -1.0, 1.0)),
+        ];
+        let (got, want, fb) = both(&g, &[y], &ins, CompileOptions::default());
+        assert_eq!(fb, 0);
+        check(&got, &want, 1e-5, &format!("matmul {sa:?} x {sb:?} ({ta}, {tb})"));
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn softmax_and_norms() {
+    let mut r = rng(5);
+    let mut g = Graph::new();
+    let x = g.placeholder("x", DType::F32, [6, 9, 300]);
+    let w = g.placeholder("w", DType::F32, [300]);
+    let b = g.placeholder("b", DType::F32, [300]);
+    let s = g.softmax(x, -1).unwrap();
+    let n1 = g.rms_norm(x, w, -1, 1e-5).unwrap();
+    let n2 = g.layer_norm(x, w, Some(b), -1, 1e-5).unwrap();
+    let ins = [
+        ("x", random(&mut r, DType::F32, &[6, 9, 300], -4.0, 4.0)),
+        ("w", random(&mut r, DType::F32, &[300], -1.0, 1.0)),
+        ("b", random(&mut r, DType::F32, &[300], -1.0, 1.0)),
+    ];
+    let (got, want, fb) = both(&g, &[s, n1, n2], &ins, CompileOptions::default());
+    assert_eq!(fb, 0);
+    check(&got, &want, 1e-5, "softmax/rms_norm/layer_norm");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_causal_gqa_and_masks() {
+    let mut r = rng(6);
+    for (s, t, mask) in [
+        (5usize, 5usize, None),
+        (3, 40, Some(DType::Bool)),
+        (7, 7, Some(DType::F32)),
+    ] {
+        let (b, h, hk, d) = (2usize, 8usize, 2usize, 64usize);
+        let mut g = Graph::new();
+        let q = g.placeholder("q", DType::F32, [b, h, s, d]);
+        let k = g.placeholder("k", DType::F32, [b, hk, t, d]);
+        let v = g.placeholder("v", DType::F32, [b, hk, t, d]);
+        let mut ins = vec![
+            ("q", random(&mut r, DType::F32, &[b, h, s, d], -1.0, 1.0)),
+            ("k", random(&mut r, DType::F32, &[b, hk, t, d], -1.0, 1.0)),
+            ("v", random(&mut r, DType::F32, &[b, hk, t, d], -1.0, 1.0)),
+        ];
+        let m = mask.map(|dt| {
+            let mv = g.placeholder("mask", dt, [1, 1, s, t]);
+            let mut tm = random(&mut r, dt, &[1, 1, s, t], -1.0, 1.0);
+            if dt == DType::Bool {
+                // Keep at least the first key so no row is fully masked.
+                let mut vals = tm.to_f64_vec();
+                for i in 0..s {
+                    vals[i * t] = 1.0;
+                }
+                tm = Tensor::from_f64(DType::Bool, &vals, &[1, 1, s, t]).unwrap();
+            }
+            ins.push(("mask", tm));
+            mv
+        });
+        let y = g
+            .sdpa(
+                q,
+                k,
+                v,
+                m,
+                SdpaAttrs {
+                    scale: None,
+                    causal: mask.is_none(),
+                },
+            )
+            .unwrap();
+        let (got, want, fb) = both(&g, &[y], &ins, CompileOptions::default());
+        assert_eq!(fb, 0);
+        check(&got, &want, 1e-5, &format!("sdpa s={s} t={t} mask={mask:?}"));
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn layout_gather_concat_slice() {
+    let mut r = rng(7);
+    let mut g = Graph::new();
+    let table = g.placeholder("table", DType::F32, [50, 16]);
+    let ids = g.placeholder("ids", DType::I64, [9]);
+    let x = g.placeholder("x", DType::F32, [4, 6, 8]);
+    let e = g.gather(table, ids, 0).unwrap();
+    let t = g.transpose(x, &[2, 0, 1]).unwrap();
+    let rs = g.reshape(t, &[8, 24]).unwrap();
+    let sl = g.slice(x, &[1, 5], &[4, 0], &[0, 1], &[1, -2]).unwrap();
+    let c = g.concat(&[x, x], 1).unwrap();
+    let ins = [
+        ("table", random(&mut r, DType::F32, &[50, 16], -1.0, 1.0)),
+        ("ids", random(&mut r, DType::I64, &[9], -50.0, 50.0)),
+        ("x", random(&mut r, DType::F32, &[4, 6, 8], -1.0, 1.0)),
+    ];
+    let (got, want, fb) = both(&g, &[e, rs, sl, c], &ins, CompileOptions::default());
+    assert_eq!(fb, 0);
+    check(&got, &want, 0.0, "gather/transpose/reshape/slice/concat");
+}
+
+fn decoder_step(r: &mut ChaCha8Rng) -> (Graph, Vec<Value>) {
+    let (seq, dim, heads, kv_heads, hd, ctx, hidden) = (4usize, 64usize, 4usize, 2usize, 16usize, 32usize, 128usize);
+    let mut g = Graph::new();
+    let x = g.placeholder("x", DType::F32, [seq, dim]);
+    let pos = g.placeholder("pos", DType::I64, [4]);
+    let k_cache = g.variable("k_cache", Tensor::zeros(DType::F32, &[1, kv_heads, ctx, hd]));
+    let mut w = |g: &mut Graph, s: &[usize]| g.constant(random(r, DType::F32, s, -0.2, 0.2));
+    let norm_w = w(&mut g, &[dim]);
+    let h = g.rms_norm(x, norm_w, -1, 1e-5).unwrap();
+    let wq = w(&mut g, &[dim, heads * hd]);
+    let wk = w(&mut g, &[dim, kv_heads * hd]);
+    let q = g.matmul(h, wq).unwrap();
+    let q = g.reshape(q, &[1, seq as i64, heads as i64, hd as i64]).unwrap();
+    let q = g.transpose(q, &[0, 2, 1, 3]).unwrap();
+    let k = g.matmul(h, wk).unwrap();
+    let k = g.reshape(k, &[1, seq as i64, kv_heads as i64, hd as i64]).unwrap();
+    let k = g.transpose(k, &[0, 2, 1, 3]).unwrap();
+    g.slice_update(k_cache, k, pos).unwrap();
+    let keys = g.read(k_cache).unwrap();
+    let attn = g
+        .sdpa(
+            q,
+            keys,
+            keys,
+            None,
+            SdpaAttrs {
+                scale: None,
+                causal: true,
+            },
+        )
+        .unwrap();
+    let attn = g.transpose(attn, &[0, 2, 1, 3]).unwrap();
+    let attn = g.reshape(attn, &[seq as i64, (heads * hd) as i64]).unwrap();
+    let x1 = g.add(x, attn).unwrap();
+    let w_gate = w(&mut g, &[dim, hidden]);
+    let w_up = w(&mut g, &[dim, hidden]);
+    let w_down = w(&mut g, &[hidden, dim]);
+    let gate = g.matmul(x1, w_gate).unwrap();
+    let gate = g.silu(gate).unwrap();
+    let up = g.matmul(x1, w_up).unwrap();
+    let act = g.mul(gate, up).unwrap();
+    let down = g.matmul(act, w_down).unwrap();
+    let y = g.add(x1, down).unwrap();
+    let probs = g.softmax(y, -1).unwrap();
+    (g, vec![y, probs])
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn decoder_steps_with_an_in_place_kv_cache() {
+    let mut r = rng(8);
+    let (g, outs) = decoder_step(&mut r);
+    let gpu = Executable::compile_placed(&g, &outs, backends(), CompileOptions::default()).unwrap();
+    let cpu = Executable::compile(&g, &outs, Arc::new(CpuBackend::new()), CompileOptions::default()).unwrap();
+    let (mut sg, mut sc) = (gpu.new_state(), cpu.new_state());
+    assert!(
+        sg.get(stitch_core::VarId(0)).device_memory().is_some(),
+        "the cache lives on the GPU"
+    );
+    let buffer = Arc::as_ptr(sg.get(stitch_core::VarId(0)).buffer());
+    for step in 0..5 {
+        let ins = [
+            ("x", random(&mut r, DType::F32, &[4, 64], -1.0, 1.0)),
+            ("pos", Tensor::from_vec(vec![0i64, 0, 4 * step, 0], &[4]).unwrap()),
+        ];
+        let got = gpu.run(&ins, &mut sg).unwrap();
+        let want = cpu.run(&ins, &mut sc).unwrap();
+        check(&got, &want, 1e-5, &format!("decoder step {step}"));
+        assert_eq!(
+            Arc::as_ptr(sg.get(stitch_core::VarId(0)).buffer()),
+            buffer,
+            "the cache is updated in place"
+        );
+    }
+    let types: Vec<_> = [DType::F32, DType::I64]
+        .iter()
+        .zip([vec![4usize, 64], vec![4]])
+        .map(|(d, s)| stitch_core::TensorType::new(*d, stitch_core::Shape::known(&s)))
+        .collect();
+    let plan = gpu.plan_for(&types).unwrap();
+    assert_eq!(plan.report.placement.fallback_nodes, 0, "{:?}", plan.report.placement);
+    assert!(plan.graph.nodes().iter().any(|n| matches!(n.op, Op::Fused(_))));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn profiler_on_the_gpu_sees_fallbacks_and_copies() {
+    let mut r = rng(9);
+    let mut g = Graph::new();
+    let x = g.placeholder("x", DType::F32, [16, 32]);
+    let t = g.tanh(x).unwrap();
+    // CumSum has no CUDA kernel: it falls back to the CPU.
+    let c = g.cumsum(t, 1, false, false).unwrap();
+    let y = g.exp(c).unwrap();
+    let exe = Executable::compile_placed(&g, &[y], backends(), CompileOptions::default()).unwrap();
+    let ins = [("x", random(&mut r, DType::F32, &[16, 32], -1.0, 1.0))];
+    let mut state = exe.new_state();
+    let mut outs = Vec::new();
+    exe.run_into(&ins, &mut state, &mut outs).unwrap();
+    let mut p = Profiler::new();
+    p.run(&exe, &ins, &mut state, &mut outs, "run 0").unwrap();
+    let steps = &p.runs[0].steps;
+    assert_eq!(
+        steps.iter().filter(|s| s.kind == StepKind::Fallback).count(),
+        1,
+        "{steps:#?}"
+    );
+    assert_eq!(steps.iter().filter(|s| s.kind == StepKind::CopyDeviceToHost).count(), 1);
+    assert_eq!(steps.iter().filter(|s| s.kind == StepKind::CopyHostToDevice).count(), 1);
+    assert!(steps
+        .iter()
+        .any(|s| s.device == "cuda:0" && s.kind == StepKind::Fused || s.kind == StepKind::Kernel));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn out_of_memory_is_a_clear_error() {
+    let b = CudaBackend::new(0).unwrap();
+    let e = b.alloc(DType::F32, &[1 << 40]).unwrap_err().to_string();
+    assert!(e.contains("cannot allocate") && e.contains("MiB free"), "{e}");
+}
