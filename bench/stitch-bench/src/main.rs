@@ -36,7 +36,7 @@ fn main() {
 
 fn real_main() -> std::result::Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: stitch-bench matmul DIR N RUNS | stitch-bench chain DIR RUNS [--unfused] | stitch-bench llm MODEL PROMPT_TOKENS GEN_TOKENS CTX SEED";
+    let usage = "usage: stitch-bench matmul DIR N RUNS | stitch-bench chain DIR RUNS [--unfused] | stitch-bench llm MODEL PROMPT_TOKENS GEN_TOKENS CTX SEED | stitch-bench onnx MODEL DIR ITERS | stitch-bench minilm-path";
     let num = |s: Option<&String>, what: &str| -> std::result::Result<usize, String> {
         s.ok_or_else(|| format!("missing {what}; {usage}"))?
             .parse::<usize>()
@@ -56,6 +56,17 @@ fn real_main() -> std::result::Result<(), String> {
             let ctx = num(args.get(4), "CTX")?;
             let seed = num(args.get(5), "SEED")? as u64;
             llm(&model, prompt, gen, ctx, seed).map_err(|e| e.to_string())
+        }
+        Some("onnx") => {
+            let model = PathBuf::from(args.get(1).ok_or(usage)?);
+            let dir = PathBuf::from(args.get(2).ok_or(usage)?);
+            let iters = num(args.get(3), "ITERS")?;
+            onnx(&model, &dir, iters)
+        }
+        Some("minilm-path") => {
+            let p = stitch_onnx::fetch::minilm_int8().map_err(|e| e.to_string())?;
+            println!("{}", p.display());
+            Ok(())
         }
         Some("chain") => {
             let dir = PathBuf::from(args.get(1).ok_or(usage)?);
@@ -166,6 +177,49 @@ fn peak_rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// The ONNX Runtime comparison (bench/onnx_peer.py): runs `model` on
+/// `DIR/in_{i}.npz` for each iteration (fresh token ids each time, one compiled
+/// plan for the fixed shape), after 3 warm-up runs on `in_0`; writes the first
+/// output of iterations 0 and ITERS-1 to `DIR/stitch_out_{i}.npy` for the
+/// cross-check and prints `{"median_ms":..,"min_ms":..}`.
+fn onnx(model: &Path, dir: &Path, iters: usize) -> std::result::Result<(), String> {
+    let load = |i: usize| stitch_core::npy::load_npz(&dir.join(format!("in_{i}.npz"))).map_err(|e| e.to_string());
+    let first = load(0)?;
+    let m = stitch_onnx::Model::load(
+        model,
+        stitch_onnx::ImportOptions {
+            input_values: first.iter().cloned().collect(),
+            base_dir: None,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let exe = m.compile_cpu().map_err(|e| e.to_string())?;
+    let mut state = exe.new_state();
+    let mut outs = Vec::new();
+    let feed0 = m.check_inputs(&first).map_err(|e| e.to_string())?;
+    for _ in 0..3 {
+        exe.run_into(&feed0, &mut state, &mut outs).map_err(|e| e.to_string())?;
+    }
+    let inputs: Vec<Vec<(String, Tensor)>> = (0..iters).map(load).collect::<std::result::Result<_, _>>()?;
+    let mut times = Vec::with_capacity(iters);
+    for (i, given) in inputs.iter().enumerate() {
+        let feed = m.check_inputs(given).map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        exe.run_into(&feed, &mut state, &mut outs).map_err(|e| e.to_string())?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        if i == 0 || i + 1 == iters {
+            save_npy(&dir.join(format!("stitch_out_{i}.npy")), &outs[0]).map_err(|e| e.to_string())?;
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{{\"median_ms\":{:.4},\"min_ms\":{:.4}}}",
+        times[times.len() / 2],
+        times[0]
+    );
+    Ok(())
 }
 
 fn llm(model: &Path, prompt: usize, gen: usize, ctx: usize, seed: u64) -> Result<()> {

@@ -2,9 +2,7 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use stitch_cpu::CpuBackend;
 use stitch_models::generate::{generate, Generation, Sampler, Sampling};
 use stitch_models::gguf::Gguf;
 use stitch_models::llama::{Llama, LlamaConfig};

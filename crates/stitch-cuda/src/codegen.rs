@@ -77,6 +77,9 @@ pub fn c_type(d: DType) -> Option<&'static str> {
 }
 
 const PRELUDE: &str = r#"
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
 #define MAX_RANK 8
 #define MAX_OPERANDS 16
 struct Meta {

@@ -37,8 +37,114 @@ pub struct AttnMeta {
 // SAFETY: `repr(C)` plain numbers matching the CUDA struct `AttnMeta` below.
 unsafe impl cudarc::driver::DeviceRepr for AttnMeta {}
 
+/// The kernels' code for a block-quantized format (`st_dq` in [`SOURCE`]).
+pub fn quant_code(f: stitch_core::QuantFormat) -> i32 {
+    use stitch_core::QuantFormat as Q;
+    match f {
+        Q::Q8_0 => 0,
+        Q::Q4_0 => 1,
+        Q::Q4_1 => 2,
+        Q::Q5_0 => 3,
+        Q::Q5_1 => 4,
+        Q::Q4_K => 5,
+        Q::Q5_K => 6,
+        Q::Q6_K => 7,
+    }
+}
+
+/// Rows of `x` up to which quantized matmul runs as a GEMV kernel (more rows
+/// expand the weight and use cuBLAS).
+pub const QUANT_GEMV_MAX_ROWS: usize = 8;
+
 /// The source of every hand-written kernel.
 pub const SOURCE: &str = r#"
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+__device__ __forceinline__ float st_f16(const unsigned char* p) {
+  const unsigned short bits = (unsigned short)p[0] | ((unsigned short)p[1] << 8);
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
+  return f;
+}
+__device__ __forceinline__ void st_scale_min_k4(int j, const unsigned char* q, int* sc, int* m) {
+  if (j < 4) { *sc = q[j] & 63; *m = q[j + 4] & 63; }
+  else { *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4); *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
+}
+// Element j of one block of format `fmt` (codes as in quant_code()).
+__device__ float st_dq(int fmt, const unsigned char* b, int j) {
+  switch (fmt) {
+    case 0: return st_f16(b) * (float)(signed char)b[2 + j];
+    case 1: { const int q = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4); return st_f16(b) * (float)(q - 8); }
+    case 2: { const int q = j < 16 ? (b[4 + j] & 15) : (b[4 + j - 16] >> 4); return st_f16(b) * (float)q + st_f16(b + 2); }
+    case 3: case 4: {
+      const int hoff = fmt == 3 ? 2 : 4;
+      const unsigned int qh = (unsigned int)b[hoff] | ((unsigned int)b[hoff + 1] << 8) | ((unsigned int)b[hoff + 2] << 16) | ((unsigned int)b[hoff + 3] << 24);
+      const unsigned char* qs = b + hoff + 4;
+      const int nib = j < 16 ? (qs[j] & 15) : (qs[j - 16] >> 4);
+      const int q = nib | (((qh >> j) & 1) << 4);
+      return fmt == 3 ? st_f16(b) * (float)(q - 16) : st_f16(b) * (float)q + st_f16(b + 2);
+    }
+    case 5: case 6: {
+      const float d = st_f16(b), dmin = st_f16(b + 2);
+      const unsigned char* scales = b + 4;
+      const unsigned char* ql = fmt == 6 ? b + 48 : b + 16;
+      const int chunk = j / 64, within = j % 64, l = within % 32, hi = within >= 32;
+      const int sub = 2 * chunk + hi;
+      int sc, m;
+      st_scale_min_k4(sub, scales, &sc, &m);
+      int q = hi ? (ql[chunk * 32 + l] >> 4) : (ql[chunk * 32 + l] & 15);
+      if (fmt == 6) q += ((b[16 + l] >> sub) & 1) << 4;
+      return d * (float)sc * (float)q - dmin * (float)m;
+    }
+    default: {
+      const int half = j / 128, w = j % 128, quarter = w / 32, l = w % 32, is = l / 16;
+      const unsigned char* ql = b + half * 64;
+      const unsigned char* qh = b + 128 + half * 32;
+      const signed char* sc = (const signed char*)(b + 192 + half * 8);
+      int q;
+      switch (quarter) {
+        case 0: q = (ql[l] & 15) | ((qh[l] & 3) << 4); break;
+        case 1: q = (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4); break;
+        case 2: q = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4); break;
+        default: q = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4); break;
+      }
+      return st_f16(b + 208) * (float)sc[is + 2 * quarter] * (float)(q - 32);
+    }
+  }
+}
+
+// out[r, c] = dequantized element c of packed row r.
+extern "C" __global__ void st_dequantize(const unsigned char* __restrict__ w, float* __restrict__ out, long long rows, long long k,
+                                         long long row_bytes, int fmt, int be, int bb) {
+  const long long total = rows * k;
+  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (long long)gridDim.x * blockDim.x) {
+    const long long r = e / k, c = e % k;
+    out[e] = st_dq(fmt, w + r * row_bytes + (c / be) * bb, (int)(c % be));
+  }
+}
+
+// y[m, n] = sum_k x[m, k] * w[n, k] for packed rows of w; one warp per (n, m),
+// lanes over blocks. x is contiguous [rows, k].
+extern "C" __global__ void st_quant_gemv(const float* __restrict__ x, const unsigned char* __restrict__ w, float* __restrict__ y,
+                                         long long rows, long long n, long long k, long long row_bytes, int fmt, int be, int bb) {
+  const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  const long long m = blockIdx.y;
+  if (warp >= n || m >= rows) return;
+  const unsigned char* wr = w + warp * row_bytes;
+  const float* xr = x + m * k;
+  const long long nb = k / be;
+  float acc = 0.f;
+  for (long long blk = lane; blk < nb; blk += 32) {
+    const unsigned char* b = wr + blk * bb;
+    const float* xb = xr + blk * be;
+    for (int j = 0; j < be; ++j) acc += st_dq(fmt, b, j) * xb[j];
+  }
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (lane == 0) y[m * n + warp] = acc;
+}
+
 struct AttnMeta {
   long long b, h, hk, s, t, d, dv;
   long long qs[4], ks[4], vs[4], ms[4];

@@ -726,6 +726,146 @@ impl CudaBackend {
         Ok(out)
     }
 
+    /// Expands packed rows `[rows, row_bytes]` to f32 `[rows, k]`.
+    fn dequantize(&self, node: &Node, w: &Tensor, format: stitch_core::QuantFormat, k: usize) -> Result<Tensor> {
+        let w = self.contiguous(w)?;
+        if w.dtype() != DType::U8 || w.rank() != 2 {
+            return Err(err(format!("`{}`: packed weights must be u8 [rows, row_bytes]", node.name)));
+        }
+        let rows = w.shape()[0];
+        let row_bytes = format.row_bytes(k)?;
+        if w.shape()[1] != row_bytes {
+            return Err(err(format!(
+                "`{}`: a {} row of {k} elements takes {row_bytes} bytes, the weight has {}",
+                node.name,
+                format.name(),
+                w.shape()[1]
+            )));
+        }
+        let out = self.alloc(DType::F32, &[rows, k])?;
+        if rows * k == 0 {
+            return Ok(out);
+        }
+        let f = self.builtin("st_dequantize")?;
+        let (pw, po) = (elem_ptr(&w, &self.stream)?, elem_ptr(&out, &self.stream)?);
+        let (rows_i, k_i, rb_i) = (rows as i64, k as i64, row_bytes as i64);
+        let (fmt, be, bb) = (
+            kernels::quant_code(format),
+            format.block_elems() as i32,
+            format.block_bytes() as i32,
+        );
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&pw).arg(&po).arg(&rows_i).arg(&k_i).arg(&rb_i).arg(&fmt).arg(&be).arg(&bb);
+        let cfg = LaunchConfig {
+            grid_dim: (self.grid_for(rows * k, 256), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: contiguous packed rows of `row_bytes` bytes and an f32 [rows, k] output.
+        self.check_launch("dequantize", unsafe { b.launch(cfg) }.map(|_| ()))?;
+        Ok(out)
+    }
+
+    /// `x @ dequantize(w)ᵀ`: a GEMV kernel for few rows, else expand + cuBLAS.
+    fn quant_matmul(&self, node: &Node, x: &Tensor, w: &Tensor, format: stitch_core::QuantFormat) -> Result<Tensor> {
+        let k = *x.shape().last().ok_or_else(|| err(format!("`{}`: x must have rank 1 or more", node.name)))?;
+        let n = w.shape()[0];
+        let rows = x.numel() / k.max(1);
+        let out_shape = out_shape(node, 0)?;
+        if rows >= kernels::QUANT_GEMV_MAX_ROWS {
+            let wf = self.dequantize(node, w, format, k)?;
+            let x2 = self.contiguous(x)?.reshape(&[rows, k])?;
+            let y = self.matmul_2d(node, &x2, &wf)?;
+            return y.reshape(&out_shape);
+        }
+        let w = self.contiguous(w)?;
+        let x = self.contiguous(x)?;
+        if x.dtype() != DType::F32 || w.dtype() != DType::U8 || w.shape()[1] != format.row_bytes(k)? {
+            return Err(err(format!(
+                "`{}`: quant_matmul needs f32 x and u8 [n, row_bytes] packed rows, got {} {:?} and {} {:?}",
+                node.name,
+                x.dtype(),
+                x.shape(),
+                w.dtype(),
+                w.shape()
+            )));
+        }
+        let out = self.alloc(DType::F32, &out_shape)?;
+        if rows * n == 0 {
+            return Ok(out);
+        }
+        let f = self.builtin("st_quant_gemv")?;
+        let (px, pw, py) = (
+            elem_ptr(&x, &self.stream)?,
+            elem_ptr(&w, &self.stream)?,
+            elem_ptr(&out, &self.stream)?,
+        );
+        let (rows_i, n_i, k_i, rb_i) = (rows as i64, n as i64, k as i64, w.shape()[1] as i64);
+        let (fmt, be, bb) = (
+            kernels::quant_code(format),
+            format.block_elems() as i32,
+            format.block_bytes() as i32,
+        );
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&px)
+            .arg(&pw)
+            .arg(&py)
+            .arg(&rows_i)
+            .arg(&n_i)
+            .arg(&k_i)
+            .arg(&rb_i)
+            .arg(&fmt)
+            .arg(&be)
+            .arg(&bb);
+        let cfg = LaunchConfig {
+            grid_dim: ((n * 32).div_ceil(256) as u32, rows as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: contiguous f32 [rows, k] x, packed [n, row_bytes] w, f32 [rows, n] y.
+        self.check_launch("quant_matmul", unsafe { b.launch(cfg) }.map(|_| ()))?;
+        Ok(out)
+    }
+
+    /// `a @ bᵀ` for contiguous f32 `a [m, k]` and `b [n, k]`.
+    fn matmul_2d(&self, node: &Node, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let (m, k, n) = (a.shape()[0], a.shape()[1], b.shape()[0]);
+        let out = self.alloc(DType::F32, &[m, n])?;
+        if m * n == 0 {
+            return Ok(out);
+        }
+        let (pa, pb, pc) = (
+            elem_ptr(a, &self.stream)?,
+            elem_ptr(b, &self.stream)?,
+            elem_ptr(&out, &self.stream)?,
+        );
+        use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let blas = self.blas.lock().map_err(|_| err("cuBLAS: poisoned"))?;
+        // Column-major: Cᵀ [n, m] = B [n, k] · Aᵀ; B is stored as Bᵀ (k × n, ld k).
+        // SAFETY: contiguous f32 buffers of the sizes given.
+        unsafe {
+            cudarc::cublas::result::sgemm(
+                *blas.handle(),
+                CUBLAS_OP_T,
+                CUBLAS_OP_N,
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha,
+                pb as *const f32,
+                k as i32,
+                pa as *const f32,
+                k as i32,
+                &beta,
+                pc as *mut f32,
+                n as i32,
+            )
+        }
+        .map_err(|e| err(format!("cuBLAS sgemm for `{}` failed: {e}", node.name)))?;
+        Ok(out)
+    }
+
     fn sdpa(&self, node: &Node, inputs: &[Tensor], scale: Option<f64>, causal: bool) -> Result<Tensor> {
         let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
         if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 || q.dtype() != DType::F32 {
@@ -932,13 +1072,15 @@ impl Backend for CudaBackend {
             Op::RmsNorm { .. } | Op::LayerNorm { .. } => float_out(node),
             Op::Sdpa(_) => float_out(node),
             Op::Gather { .. } => supported_dtypes(node),
+            Op::Dequantize { .. } | Op::QuantMatMul { .. } => float_out(node),
             Op::Reshape { .. }
             | Op::Squeeze { .. }
             | Op::Unsqueeze { .. }
             | Op::Transpose { .. }
             | Op::Expand { .. }
             | Op::Slice { .. }
-            | Op::Concat { .. } => supported_dtypes(node) && rank <= MAX_RANK,
+            | Op::Concat { .. }
+            | Op::Split { .. } => supported_dtypes(node) && rank <= MAX_RANK,
             _ => false,
         }
     }
@@ -1004,6 +1146,14 @@ impl Backend for CudaBackend {
                 Op::LayerNorm { axis, epsilon } => one(self.norm(node, inputs, *axis, *epsilon, false)?),
                 Op::Sdpa(a) => one(self.sdpa(node, inputs, a.scale, a.causal)?),
                 Op::Gather { axis } => one(self.gather(node, &inputs[0], &inputs[1], *axis)?),
+                Op::Dequantize { format } => {
+                    let shape = out_shape(node, 0)?;
+                    let k = *shape.last().ok_or_else(|| err("dequantize output has rank 0"))?;
+                    let rows: usize = shape[..shape.len() - 1].iter().product();
+                    let w = self.contiguous(&inputs[0])?.reshape(&[rows, inputs[0].numel() / rows.max(1)])?;
+                    one(self.dequantize(node, &w, *format, k)?.reshape(&shape)?)
+                }
+                Op::QuantMatMul { format } => one(self.quant_matmul(node, &inputs[0], &inputs[1], *format)?),
                 Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
                     let shape = out_shape(node, 0)?;
                     let x = self.contiguous(&inputs[0])?;
@@ -1025,6 +1175,17 @@ impl Backend for CudaBackend {
                     axes,
                     steps,
                 } => one(slice_view(&inputs[0], starts, ends, axes, steps, &out_shape(node, 0)?)?),
+                Op::Split { axis, sizes } => {
+                    let x = &inputs[0];
+                    let ax = normalize_axis(*axis, x.rank()).ok_or_else(|| err("split axis out of range"))?;
+                    let mut at = 0usize;
+                    let mut outs = Outputs::new();
+                    for &n in sizes {
+                        outs.push(x.slice(ax, at as isize, (at + n) as isize, 1)?);
+                        at += n;
+                    }
+                    Ok(outs)
+                }
                 Op::Concat { axis } => {
                     let shape = out_shape(node, 0)?;
                     let ax = normalize_axis(*axis, shape.len()).ok_or_else(|| err("concat axis out of range"))?;

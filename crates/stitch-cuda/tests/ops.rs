@@ -319,6 +319,20 @@ fn attention_causal_gqa_and_masks() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
+fn split_is_views_on_the_gpu() {
+    let mut r = rng(11);
+    let mut g = Graph::new();
+    let x = g.placeholder("x", DType::F32, [3, 10, 4]);
+    let parts = g.split(x, 1, &[2, 5, 3]).unwrap();
+    let ys: Vec<Value> = parts.iter().map(|&p| g.exp(p).unwrap()).collect();
+    let ins = [("x", random(&mut r, DType::F32, &[3, 10, 4], -1.0, 1.0))];
+    let (got, want, fb) = both(&g, &ys, &ins, CompileOptions::default());
+    assert_eq!(fb, 0);
+    check(&got, &want, 1e-6, "split");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
 fn layout_gather_concat_slice() {
     let mut r = rng(7);
     let mut g = Graph::new();
@@ -460,4 +474,53 @@ fn out_of_memory_is_a_clear_error() {
     let b = CudaBackend::new(0).unwrap();
     let e = b.alloc(DType::F32, &[1 << 40]).unwrap_err().to_string();
     assert!(e.contains("cannot allocate") && e.contains("MiB free"), "{e}");
+}
+
+/// Random packed rows of `format`: random bytes with sane f16 scales.
+fn packed(r: &mut ChaCha8Rng, format: stitch_core::QuantFormat, rows: usize, k: usize) -> Tensor {
+    use stitch_core::QuantFormat as Q;
+    let rb = format.row_bytes(k).unwrap();
+    let (bb, nb) = (format.block_bytes(), k / format.block_elems());
+    let mut bytes: Vec<u8> = (0..rows * rb).map(|_| r.gen()).collect();
+    let f16_fields: &[usize] = match format {
+        Q::Q8_0 | Q::Q4_0 | Q::Q5_0 => &[0],
+        Q::Q4_1 | Q::Q5_1 | Q::Q4_K | Q::Q5_K => &[0, 2],
+        Q::Q6_K => &[208],
+    };
+    for row in 0..rows {
+        for blk in 0..nb {
+            for &f in f16_fields {
+                let v = stitch_core::half::f16::from_f32(r.gen_range(-0.05f32..0.05));
+                let at = row * rb + blk * bb + f;
+                bytes[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
+            }
+        }
+    }
+    Tensor::from_vec(bytes, &[rows, rb]).unwrap()
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn dequantize_and_quant_matmul_every_format() {
+    use stitch_core::QuantFormat as Q;
+    // The CPU reference on its f32-activation path (its int8-activation GEMV
+    // is an approximation the GPU kernel does not make).
+    stitch_cpu::kernels::quant::set_quantize_activations(false);
+    let mut r = rng(10);
+    for format in [Q::Q8_0, Q::Q4_0, Q::Q4_1, Q::Q5_0, Q::Q5_1, Q::Q4_K, Q::Q5_K, Q::Q6_K] {
+        let (n, k) = (40usize, 512usize);
+        let w = packed(&mut r, format, n, k);
+        for rows in [1usize, 3, 16] {
+            let mut g = Graph::new();
+            let x = g.placeholder("x", DType::F32, [rows, k]);
+            let wc = g.constant(w.clone());
+            let y = g.quant_matmul(x, wc, format).unwrap();
+            let d = g.dequantize(wc, format).unwrap();
+            let ins = [("x", random(&mut r, DType::F32, &[rows, k], -1.0, 1.0))];
+            let (got, want, fb) = both(&g, &[y, d], &ins, CompileOptions::default());
+            assert_eq!(fb, 0, "{format:?}");
+            check(&got[1..], &want[1..], 1e-6, &format!("dequantize {format:?}"));
+            check(&got[..1], &want[..1], 1e-5, &format!("quant_matmul {format:?} rows {rows}"));
+        }
+    }
 }
