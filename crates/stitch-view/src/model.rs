@@ -1,0 +1,452 @@
+//! The viewer's model of one graph: each node flattened into a record the API
+//! serves (op, attributes, types, producers, consumers), and a tree of groups
+//! built from the node names' scopes so that large graphs open folded.
+//!
+//! This module only describes a graph; it lays nothing out and serves nothing.
+
+use std::collections::HashMap;
+
+use stitch_core::ops::fused::{Expr, Region};
+use stitch_core::{Graph, Op, QuantFormat, VarId};
+
+/// Most items one group shows before its items are split into parts, so every
+/// layout the server computes stays small.
+pub const MAX_ITEMS_PER_GROUP: usize = 80;
+
+/// One op inside a fused region.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The name the op had before fusion.
+    pub name: String,
+    /// Its op kind.
+    pub op: String,
+    /// Earlier members it reads.
+    pub from_members: Vec<usize>,
+    /// Inputs of the fused node it reads.
+    pub from_inputs: Vec<usize>,
+}
+
+/// One graph node, as the viewer shows it.
+#[derive(Debug, Clone)]
+pub struct ViewNode {
+    /// Full scoped name.
+    pub name: String,
+    /// Op kind (`matmul`, `fused`, ...).
+    pub op: String,
+    /// Attributes, as text.
+    pub attrs: String,
+    /// Producer node and output index of each input.
+    pub inputs: Vec<(usize, u32)>,
+    /// Output types as text (`f32[1, 128, 384]`).
+    pub outputs: Vec<String>,
+    /// Backend index that runs it (0 = the primary device).
+    pub device: usize,
+    /// Members when the node is a fused region.
+    pub members: Vec<Member>,
+    /// The variable it reads or writes.
+    pub variable: Option<usize>,
+    /// The quantization format the op works with (`dequantize`, `quant_matmul`).
+    pub quant: Option<QuantFormat>,
+}
+
+/// A group of items (nodes and subgroups) shown as one box until expanded.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Label (the scope component, or `part N`).
+    pub label: String,
+    /// Full scope path, for display.
+    pub path: String,
+    /// Parent group (None for the root).
+    pub parent: Option<usize>,
+    /// Items in graph order.
+    pub items: Vec<Item>,
+    /// Nodes anywhere below.
+    pub node_count: usize,
+}
+
+/// An item of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Item {
+    /// A node.
+    Node(usize),
+    /// A subgroup.
+    Group(usize),
+}
+
+/// A variable and the nodes that read and write it.
+#[derive(Debug, Clone)]
+pub struct VariableView {
+    /// Its name.
+    pub name: String,
+    /// Its type, as text.
+    pub ty: String,
+    /// `read_variable` nodes.
+    pub reads: Vec<usize>,
+    /// `assign` / `slice_update` nodes.
+    pub writes: Vec<usize>,
+}
+
+/// A graph prepared for viewing.
+#[derive(Debug, Clone)]
+pub struct ViewGraph {
+    /// Nodes in graph order.
+    pub nodes: Vec<ViewNode>,
+    /// Consumers of each node (node indices, in order, without repeats).
+    pub consumers: Vec<Vec<usize>>,
+    /// Groups; index 0 is the root.
+    pub groups: Vec<Group>,
+    /// The group that directly holds each node.
+    pub group_of: Vec<usize>,
+    /// Variables.
+    pub variables: Vec<VariableView>,
+    /// Names of the backends that device indices refer to.
+    pub devices: Vec<String>,
+}
+
+fn attrs_text(op: &Op) -> String {
+    let s = match op {
+        Op::Constant(t) => format!("dtype {}, shape {:?}", t.dtype(), t.shape()),
+        Op::Fused(r) => region_text(r),
+        other => format!("{other:?}"),
+    };
+    if s.chars().count() > 600 {
+        let cut: String = s.chars().take(600).collect();
+        format!("{cut}…")
+    } else {
+        s
+    }
+}
+
+fn expr_op(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Input(_) | Expr::Scalar(..) => None,
+        Expr::Unary(u, _) => Some(u.name().to_string()),
+        Expr::Binary(b, _, _) => Some(b.name().to_string()),
+        Expr::Where(..) => Some("where".into()),
+        Expr::Cast(d, _) => Some(format!("cast({d})")),
+    }
+}
+
+fn region_text(r: &Region) -> String {
+    let ops: Vec<String> = r.exprs.iter().filter_map(expr_op).collect();
+    let mut s = format!("{} ops: {}", r.members.len(), ops.join(", "));
+    if let Some(red) = &r.reduce {
+        s.push_str(&format!(", then {} over axes {:?}", red.op.name(), red.axes));
+    }
+    s
+}
+
+/// The member ops of a fused region with the edges between them, rebuilt from
+/// the region's expressions (one per member, in order; a trailing reduction is
+/// the last member).
+pub fn region_members(r: &Region) -> Vec<Member> {
+    // Which member (or input) each expression stands for.
+    #[derive(Clone, Copy)]
+    enum Src {
+        Input(usize),
+        Member(usize),
+        None,
+    }
+    let mut src: Vec<Src> = Vec::with_capacity(r.exprs.len());
+    let mut members: Vec<Member> = vec![];
+    for e in &r.exprs {
+        let operands: Vec<usize> = match e {
+            Expr::Input(_) | Expr::Scalar(..) => vec![],
+            Expr::Unary(_, a) | Expr::Cast(_, a) => vec![*a],
+            Expr::Binary(_, a, b) => vec![*a, *b],
+            Expr::Where(c, a, b) => vec![*c, *a, *b],
+        };
+        match (e, expr_op(e)) {
+            (Expr::Input(i), _) => src.push(Src::Input(*i)),
+            (_, Some(op)) => {
+                let j = members.len();
+                let mut m = Member {
+                    name: r.members.get(j).cloned().unwrap_or_else(|| format!("{op}_{j}")),
+                    op,
+                    from_members: vec![],
+                    from_inputs: vec![],
+                };
+                for o in operands {
+                    match src.get(o).copied().unwrap_or(Src::None) {
+                        Src::Input(i) if !m.from_inputs.contains(&i) => m.from_inputs.push(i),
+                        Src::Member(k) if !m.from_members.contains(&k) => m.from_members.push(k),
+                        _ => {}
+                    }
+                }
+                members.push(m);
+                src.push(Src::Member(j));
+            }
+            _ => src.push(Src::None),
+        }
+    }
+    if let Some(red) = &r.reduce {
+        let j = members.len();
+        let mut m = Member {
+            name: r.members.get(j).cloned().unwrap_or_else(|| format!("{}_{j}", red.op.name())),
+            op: red.op.name().to_string(),
+            from_members: vec![],
+            from_inputs: vec![],
+        };
+        match r.outputs.first().and_then(|&o| src.get(o).copied()) {
+            Some(Src::Member(k)) => m.from_members.push(k),
+            Some(Src::Input(i)) => m.from_inputs.push(i),
+            _ => {}
+        }
+        members.push(m);
+    }
+    members
+}
+
+/// Scope components of a name: `/encoder/layer.0/MatMul` → `[encoder, layer.0]`.
+fn scopes(name: &str) -> Vec<&str> {
+    let parts: Vec<&str> = name.split('/').filter(|p| !p.is_empty()).collect();
+    match parts.split_last() {
+        Some((_, scope)) => scope.to_vec(),
+        None => vec![],
+    }
+}
+
+impl ViewGraph {
+    /// Describes `graph`; `devices[i]` is the backend index of node i (empty: all 0)
+    /// and `device_names` names the backends.
+    pub fn new(graph: &Graph, devices: &[usize], device_names: &[String]) -> ViewGraph {
+        let n = graph.nodes().len();
+        let mut nodes = Vec::with_capacity(n);
+        let mut consumers: Vec<Vec<usize>> = vec![vec![]; n];
+        let mut variables: Vec<VariableView> = graph
+            .variables()
+            .iter()
+            .map(|v| VariableView {
+                name: v.name.clone(),
+                ty: v.ty().to_string(),
+                reads: vec![],
+                writes: vec![],
+            })
+            .collect();
+        for (i, node) in graph.nodes().iter().enumerate() {
+            let inputs: Vec<(usize, u32)> = node.inputs.iter().map(|v| (v.node.0 as usize, v.output)).collect();
+            for &(p, _) in &inputs {
+                if p < n && consumers[p].last() != Some(&i) {
+                    consumers[p].push(i);
+                }
+            }
+            let var = |v: &VarId| v.0 as usize;
+            let variable = match &node.op {
+                Op::ReadVariable(v) => {
+                    if let Some(x) = variables.get_mut(var(v)) {
+                        x.reads.push(i);
+                    }
+                    Some(var(v))
+                }
+                Op::Assign(v) | Op::SliceUpdate(v) => {
+                    if let Some(x) = variables.get_mut(var(v)) {
+                        x.writes.push(i);
+                    }
+                    Some(var(v))
+                }
+                _ => None,
+            };
+            let quant = match &node.op {
+                Op::Dequantize { format } | Op::QuantMatMul { format } => Some(*format),
+                _ => None,
+            };
+            let members = match &node.op {
+                Op::Fused(r) => region_members(r),
+                _ => vec![],
+            };
+            nodes.push(ViewNode {
+                name: node.name.clone(),
+                op: node.op.kind(),
+                attrs: attrs_text(&node.op),
+                inputs,
+                outputs: node.outputs.iter().map(|t| t.to_string()).collect(),
+                device: devices.get(i).copied().unwrap_or(0),
+                members,
+                variable,
+                quant,
+            });
+        }
+        let mut vg = ViewGraph {
+            nodes,
+            consumers,
+            groups: vec![],
+            group_of: vec![0; n],
+            variables,
+            devices: device_names.to_vec(),
+        };
+        vg.build_groups();
+        vg
+    }
+
+    /// The scope path of each node: its own, or for an unscoped constant the
+    /// longest scope its consumers share (so weights sit next to their users).
+    fn node_scopes(&self) -> Vec<Vec<String>> {
+        let mut out: Vec<Vec<String>> = self
+            .nodes
+            .iter()
+            .map(|n| scopes(&n.name).into_iter().map(String::from).collect())
+            .collect();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].op != "constant" || !out[i].is_empty() || self.consumers[i].is_empty() {
+                continue;
+            }
+            let mut common: Option<Vec<String>> = None;
+            for &c in &self.consumers[i] {
+                let s = &out[c];
+                common = Some(match common {
+                    None => s.clone(),
+                    Some(p) => p.iter().zip(s).take_while(|(a, b)| a == b).map(|(a, _)| a.clone()).collect(),
+                });
+            }
+            out[i] = common.unwrap_or_default();
+        }
+        out
+    }
+
+    fn build_groups(&mut self) {
+        let scopes = self.node_scopes();
+        let mut groups = vec![Group {
+            label: String::new(),
+            path: String::new(),
+            parent: None,
+            items: vec![],
+            node_count: 0,
+        }];
+        let mut child: HashMap<(usize, String), usize> = HashMap::new();
+        // Items are added in order of each item's first node, so groups list
+        // their items roughly in graph (topological) order.
+        for (i, path) in scopes.iter().enumerate() {
+            let mut g = 0;
+            for comp in path {
+                g = match child.get(&(g, comp.clone())) {
+                    Some(&c) => c,
+                    None => {
+                        let c = groups.len();
+                        let p = if groups[g].path.is_empty() {
+                            comp.clone()
+                        } else {
+                            format!("{}/{comp}", groups[g].path)
+                        };
+                        groups.push(Group {
+                            label: comp.clone(),
+                            path: p,
+                            parent: Some(g),
+                            items: vec![],
+                            node_count: 0,
+                        });
+                        groups[g].items.push(Item::Group(c));
+                        child.insert((g, comp.clone()), c);
+                        c
+                    }
+                };
+            }
+            groups[g].items.push(Item::Node(i));
+            self.group_of[i] = g;
+        }
+        // Split groups with too many items into parts (repeatedly, for huge flat graphs).
+        let mut g = 0;
+        while g < groups.len() {
+            while groups[g].items.len() > MAX_ITEMS_PER_GROUP {
+                let items = std::mem::take(&mut groups[g].items);
+                let parts = items.len().div_ceil(MAX_ITEMS_PER_GROUP);
+                let per = items.len().div_ceil(parts);
+                for (k, chunk) in items.chunks(per).enumerate() {
+                    let c = groups.len();
+                    let path = groups[g].path.clone();
+                    groups.push(Group {
+                        label: format!("part {}", k + 1),
+                        path: if path.is_empty() {
+                            format!("part {}", k + 1)
+                        } else {
+                            format!("{path}/part {}", k + 1)
+                        },
+                        parent: Some(g),
+                        items: chunk.to_vec(),
+                        node_count: 0,
+                    });
+                    for it in chunk {
+                        match *it {
+                            Item::Node(i) => self.group_of[i] = c,
+                            Item::Group(s) => groups[s].parent = Some(c),
+                        }
+                    }
+                    groups[g].items.push(Item::Group(c));
+                }
+            }
+            g += 1;
+        }
+        // Node counts, children before parents (children always have larger indices).
+        for g in (0..groups.len()).rev() {
+            let mut count = 0;
+            for it in &groups[g].items {
+                count += match *it {
+                    Item::Node(_) => 1,
+                    Item::Group(s) => groups[s].node_count,
+                };
+            }
+            groups[g].node_count = count;
+        }
+        self.groups = groups;
+    }
+
+    /// The groups holding node `i`, from the root's child down to its own group.
+    pub fn ancestors(&self, i: usize) -> Vec<usize> {
+        let mut chain = vec![];
+        let mut g = Some(self.group_of[i]);
+        while let Some(x) = g {
+            if x != 0 {
+                chain.push(x);
+            }
+            g = self.groups[x].parent;
+        }
+        chain.reverse();
+        chain
+    }
+
+    /// The item of group `g` that contains node `i`, if `i` is below `g`.
+    pub fn item_in(&self, g: usize, i: usize) -> Option<Item> {
+        let mut cur = self.group_of[i];
+        if cur == g {
+            return Some(Item::Node(i));
+        }
+        loop {
+            let p = self.groups[cur].parent?;
+            if p == g {
+                return Some(Item::Group(cur));
+            }
+            cur = p;
+        }
+    }
+
+    /// Nodes anywhere below group `g`.
+    pub fn nodes_below(&self, g: usize) -> Vec<usize> {
+        let mut out = vec![];
+        let mut stack = vec![g];
+        while let Some(x) = stack.pop() {
+            for it in &self.groups[x].items {
+                match *it {
+                    Item::Node(i) => out.push(i),
+                    Item::Group(s) => stack.push(s),
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Op kinds with their node counts, most frequent first.
+    pub fn op_counts(&self) -> Vec<(String, usize)> {
+        let mut m: HashMap<&str, usize> = HashMap::new();
+        for n in &self.nodes {
+            *m.entry(n.op.as_str()).or_default() += 1;
+        }
+        let mut v: Vec<(String, usize)> = m.into_iter().map(|(k, c)| (k.to_string(), c)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+
+    /// Number of (producer, consumer) pairs.
+    pub fn edge_count(&self) -> usize {
+        self.consumers.iter().map(Vec::len).sum()
+    }
+}
