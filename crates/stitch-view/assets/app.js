@@ -154,6 +154,23 @@ async function loadLayout() {
   $("node-count").dataset.nodes = state.layout.nodes;
 }
 
+function visibleItems(level, out) {
+  for (const it of level.items) { out.push(it); if (it.inner) visibleItems(it.inner, out); }
+  return out;
+}
+
+// A top level of a few boxes (one scope wrapping the model) says little:
+// open the largest group while the drawing stays small.
+async function openSmallTopLevel() {
+  for (let round = 0; round < 3; round++) {
+    const items = visibleItems(state.layout, []);
+    const groups = items.filter((it) => it.kind === "group" && !it.expanded).sort((a, b) => b.count - a.count);
+    if (!groups.length || items.length > 12) return;
+    state.expanded[state.view].add(groups[0].key);
+    await loadLayout();
+  }
+}
+
 async function toggle(key) {
   const set = state.expanded[state.view];
   const before = state.pos.get(key);
@@ -407,6 +424,7 @@ async function switchView(view) {
   for (const b of document.querySelectorAll(".tab")) b.classList.toggle("active", b.dataset.view === view);
   renderOps();
   await loadLayout();
+  if (!state.expanded[view].size) await openSmallTopLevel();
   render();
   fit();
   if (view === "compiled") {
@@ -453,6 +471,7 @@ async function main() {
     $("title").textContent = state.summary.title;
     renderOps();
     await loadLayout();
+    await openSmallTopLevel();
     render();
     fit();
     state.firstRenderMs = performance.now();

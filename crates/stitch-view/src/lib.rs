@@ -49,7 +49,7 @@ pub fn run(args: &ViewArgs) -> Result<(), String> {
         "loaded {} ({} nodes, {} groups) in {:.2} s; compiling for {} in the background",
         model.title,
         viewer.source().nodes.len(),
-        viewer.source().groups.len() - 1,
+        viewer.source().reachable_groups,
         t0.elapsed().as_secs_f64(),
         args.device
     );

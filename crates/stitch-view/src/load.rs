@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use stitch_core::{CompileOptions, Dim, Executable, Graph, NodeId, Op, Tensor, TensorType, Value};
+use stitch_core::{CompileOptions, Dim, Executable, Graph, NodeId, Op, TensorType, Value};
 use stitch_models::gguf::Gguf;
 use stitch_models::llama::{self, LlamaConfig, Weight, WeightSource};
 use stitch_onnx::{ImportOptions, Model};
@@ -75,27 +75,14 @@ fn load_onnx(path: &Path) -> Result<LoadedModel, String> {
     let model = match plain {
         Ok(m) => m,
         Err(stitch_onnx::OnnxError::Unsupported(e)) => return Err(format!("{}: {e}", path.display())),
-        // Shape arithmetic on symbolic dims needs input values: import again with
-        // inputs of a default size (ones: valid ids, masks and shapes).
-        Err(_) => {
-            let declared = stitch_onnx::declared_inputs(&proto).map_err(|e| format!("{}: {e}", path.display()))?;
-            let mut values = HashMap::new();
-            for (name, ty) in declared {
-                let ty = concrete_type(&ty);
-                let shape = ty.concrete().unwrap_or_default();
-                let n: usize = shape.iter().product();
-                let t = Tensor::from_f64(ty.dtype, &vec![1.0; n], &shape)
-                    .map_err(|e| format!("{}: input '{name}': {e}", path.display()))?;
-                values.insert(name, t);
-            }
-            Model::import(
-                &proto,
-                ImportOptions {
-                    input_values: values,
-                    base_dir,
-                },
-            )
-            .map_err(|e| format!("{}: {e}", path.display()))?
+        // Shape arithmetic on symbolic dims needs sizes: import again with the
+        // declared inputs' symbolic dims set to default sizes. Inputs stay
+        // placeholders (binding values would fold the whole graph away).
+        Err(first) => {
+            let mut fixed = proto.clone();
+            fix_symbolic_inputs(&mut fixed);
+            Model::import(&fixed, ImportOptions { base_dir, ..Default::default() })
+                .map_err(|e| format!("{}: {first}; with default input sizes: {e}", path.display()))?
         }
     };
     Ok(LoadedModel {
@@ -103,6 +90,26 @@ fn load_onnx(path: &Path) -> Result<LoadedModel, String> {
         outputs: model.outputs.iter().map(|(_, v)| *v).collect(),
         graph: model.graph,
     })
+}
+
+/// Replaces each symbolic dim of the graph inputs by [`default_dim`] of its name.
+fn fix_symbolic_inputs(m: &mut stitch_onnx::onnx::ModelProto) {
+    use stitch_onnx::onnx::tensor_shape_proto::dimension::Value as D;
+    use stitch_onnx::onnx::type_proto::Value as T;
+    let Some(g) = m.graph.as_mut() else { return };
+    for vi in &mut g.input {
+        let Some(T::TensorType(t)) = vi.r#type.as_mut().and_then(|t| t.value.as_mut()) else {
+            continue;
+        };
+        for d in t.shape.iter_mut().flat_map(|s| s.dim.iter_mut()) {
+            let size = match &d.value {
+                Some(D::DimValue(v)) if *v >= 0 => continue,
+                Some(D::DimParam(p)) => default_dim(p),
+                _ => default_dim(""),
+            };
+            d.value = Some(D::DimValue(size as i64));
+        }
+    }
 }
 
 fn file_name(path: &Path) -> String {

@@ -101,6 +101,8 @@ pub struct ViewGraph {
     pub variables: Vec<VariableView>,
     /// Names of the backends that device indices refer to.
     pub devices: Vec<String>,
+    /// Groups below the root that the tree uses.
+    pub reachable_groups: usize,
 }
 
 fn attrs_text(op: &Op) -> String {
@@ -206,6 +208,42 @@ fn scopes(name: &str) -> Vec<&str> {
     }
 }
 
+/// Scope of a dotted parameter name: `encoder.layer.0.attention.self.query.weight`
+/// → `[encoder, layer.0, attention, self, query]` (a number joins the component
+/// before it). Empty for names with fewer than two components or with slashes.
+fn dotted_scope(name: &str) -> Vec<String> {
+    if name.contains('/') || name.contains("::") {
+        return vec![];
+    }
+    let mut comps: Vec<String> = vec![];
+    for part in name.split('.') {
+        match comps.last_mut() {
+            Some(last) if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) => {
+                last.push('.');
+                last.push_str(part);
+            }
+            _ => comps.push(part.to_string()),
+        }
+    }
+    if comps.len() < 2 {
+        return vec![];
+    }
+    comps.pop();
+    comps
+}
+
+/// The longest scope all of `paths` start with.
+fn common_prefix(paths: &[&Vec<String>]) -> Vec<String> {
+    let Some((first, rest)) = paths.split_first() else {
+        return vec![];
+    };
+    let mut n = first.len();
+    for p in rest {
+        n = n.min(first.iter().zip(p.iter()).take_while(|(a, b)| a == b).count());
+    }
+    first[..n].to_vec()
+}
+
 impl ViewGraph {
     /// Describes `graph`; `devices[i]` is the backend index of node i (empty: all 0)
     /// and `device_names` names the backends.
@@ -273,6 +311,7 @@ impl ViewGraph {
             group_of: vec![0; n],
             variables,
             devices: device_names.to_vec(),
+            reachable_groups: 0,
         };
         vg.build_groups();
         vg
@@ -280,25 +319,71 @@ impl ViewGraph {
 
     /// The scope path of each node: its own, or for an unscoped constant the
     /// longest scope its consumers share (so weights sit next to their users).
+    ///
+    /// Graphs whose op names carry no scopes (ONNX exported by the dynamo
+    /// exporter: `node_MatMul_48`) get scopes inferred from their weights'
+    /// dotted names (`encoder.layer.0.attention.self.query.weight` →
+    /// `encoder/layer.0/attention/self/query`): an op takes the scope its
+    /// weights share, else the scope its scoped producers share.
     fn node_scopes(&self) -> Vec<Vec<String>> {
         let mut out: Vec<Vec<String>> = self
             .nodes
             .iter()
             .map(|n| scopes(&n.name).into_iter().map(String::from).collect())
             .collect();
-        for i in 0..self.nodes.len() {
-            if self.nodes[i].op != "constant" || !out[i].is_empty() || self.consumers[i].is_empty() {
+        let is_op = |n: &ViewNode| n.op != "constant" && n.op != "placeholder";
+        let ops = self.nodes.iter().filter(|n| is_op(n)).count();
+        let scoped_ops = self.nodes.iter().zip(&out).filter(|(n, s)| is_op(n) && !s.is_empty()).count();
+        if scoped_ops * 2 < ops {
+            for (i, n) in self.nodes.iter().enumerate() {
+                if n.op == "constant" && out[i].is_empty() {
+                    out[i] = dotted_scope(&n.name);
+                }
+            }
+            for i in 0..self.nodes.len() {
+                if !is_op(&self.nodes[i]) || !out[i].is_empty() {
+                    continue;
+                }
+                let weights: Vec<&Vec<String>> = self.nodes[i]
+                    .inputs
+                    .iter()
+                    .filter(|(p, _)| self.nodes[*p].op == "constant" && !out[*p].is_empty())
+                    .map(|(p, _)| &out[*p])
+                    .collect();
+                let from = if weights.is_empty() {
+                    self.nodes[i]
+                        .inputs
+                        .iter()
+                        .filter(|(p, _)| is_op(&self.nodes[*p]) && !out[*p].is_empty())
+                        .map(|(p, _)| &out[*p])
+                        .collect()
+                } else {
+                    weights
+                };
+                out[i] = common_prefix(&from);
+            }
+            // Ops still unscoped (dequantization arithmetic on unnamed weights)
+            // join the scope their scoped consumers share.
+            for i in (0..self.nodes.len()).rev() {
+                if is_op(&self.nodes[i]) && out[i].is_empty() {
+                    let from: Vec<&Vec<String>> =
+                        self.consumers[i].iter().map(|&c| &out[c]).filter(|s| !s.is_empty()).collect();
+                    out[i] = common_prefix(&from);
+                }
+            }
+        }
+        for i in (0..self.nodes.len()).rev() {
+            if self.nodes[i].op != "constant" || !out[i].is_empty() {
                 continue;
             }
-            let mut common: Option<Vec<String>> = None;
-            for &c in &self.consumers[i] {
-                let s = &out[c];
-                common = Some(match common {
-                    None => s.clone(),
-                    Some(p) => p.iter().zip(s).take_while(|(a, b)| a == b).map(|(a, _)| a.clone()).collect(),
-                });
+            if self.consumers[i].is_empty() {
+                // Left behind by import-time folding (an initializer whose
+                // dequantized copy replaced it): kept aside, not in the way.
+                out[i] = vec!["unused constants".to_string()];
+                continue;
             }
-            out[i] = common.unwrap_or_default();
+            let from: Vec<&Vec<String>> = self.consumers[i].iter().map(|&c| &out[c]).collect();
+            out[i] = common_prefix(&from);
         }
         out
     }
@@ -343,6 +428,25 @@ impl ViewGraph {
             groups[g].items.push(Item::Node(i));
             self.group_of[i] = g;
         }
+        // A group holding nothing but one group is shown as one (`inner/encoder`).
+        for g in 0..groups.len() {
+            while let [Item::Group(c)] = groups[g].items[..] {
+                let items = std::mem::take(&mut groups[c].items);
+                for it in &items {
+                    match *it {
+                        Item::Node(i) => self.group_of[i] = g,
+                        Item::Group(s) => groups[s].parent = Some(g),
+                    }
+                }
+                groups[g].label = if groups[g].label.is_empty() {
+                    groups[c].label.clone()
+                } else {
+                    format!("{}/{}", groups[g].label, groups[c].label)
+                };
+                groups[g].path = groups[c].path.clone();
+                groups[g].items = items;
+            }
+        }
         // Split groups with too many items into parts (repeatedly, for huge flat graphs).
         let mut g = 0;
         while g < groups.len() {
@@ -375,17 +479,29 @@ impl ViewGraph {
             }
             g += 1;
         }
-        // Node counts, children before parents (children always have larger indices).
-        for g in (0..groups.len()).rev() {
-            let mut count = 0;
-            for it in &groups[g].items {
-                count += match *it {
+        // Node counts, children before parents (post-order from the root; groups
+        // emptied by the merge above are unreachable and keep 0).
+        let mut order = vec![];
+        let mut stack = vec![0usize];
+        while let Some(g) = stack.pop() {
+            order.push(g);
+            stack.extend(groups[g].items.iter().filter_map(|it| match *it {
+                Item::Group(c) => Some(c),
+                Item::Node(_) => None,
+            }));
+        }
+        for &g in order.iter().rev() {
+            let count = groups[g]
+                .items
+                .iter()
+                .map(|it| match *it {
                     Item::Node(_) => 1,
-                    Item::Group(s) => groups[s].node_count,
-                };
-            }
+                    Item::Group(c) => groups[c].node_count,
+                })
+                .sum();
             groups[g].node_count = count;
         }
+        self.reachable_groups = order.len() - 1;
         self.groups = groups;
     }
 

@@ -172,7 +172,7 @@ impl Viewer {
             "device": self.device,
             "nodes": s.nodes.len(),
             "edges": s.edge_count(),
-            "groups": s.groups.len() - 1,
+            "groups": s.reachable_groups,
             "ops": s.op_counts(),
             "constants": s.nodes.iter().filter(|n| n.op == "constant").count(),
             "variables": s.variables.iter().map(|v| json!({ "name": v.name, "type": v.ty })).collect::<Vec<_>>(),
