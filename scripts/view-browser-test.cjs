@@ -67,8 +67,9 @@ async function main() {
     check(outs === expected.outputs.length, `inspector lists ${outs} output types`);
 
     if (a.screenshot) {
-      // A richer picture: reveal an attention matmul through the search box.
-      await page.fill("#search", "attention/self/query/MatMul");
+      // A richer picture: reveal a matmul of the first layer through the search box.
+      const mm = await api("/api/find?view=source&op=matmul");
+      await page.fill("#search", mm.list[1].name);
       await page.waitForSelector("#search-results .row", { timeout: 5000 });
       await page.click("#search-results .row");
       await page.waitForTimeout(400);
@@ -93,6 +94,22 @@ async function main() {
       check(members >= 2, `fused region ${pick.name} expanded into ${members} member ops`);
       await page.screenshot({ path: a["compiled-screenshot"] });
       console.log(`  saved ${a["compiled-screenshot"]}`);
+    }
+
+    if (a["time-compiled"]) {
+      // The compiled (decomposed, fused) graph: time from the click to the drawing.
+      await page.waitForSelector("#tab-compiled:not([disabled])", { timeout: 300000 });
+      const t = await page.evaluate(async () => {
+        const t0 = performance.now();
+        await switchView("compiled");
+        return performance.now() - t0;
+      });
+      const s = await api("/api/summary");
+      console.log(`${a.name}: compiled view (${s.compiled.nodes} nodes, ${s.compiled.fused} fused regions) rendered in ${t.toFixed(0)} ms`);
+      check(t < 2000, `${a.name} compiled view renders under 2 s`);
+      const count = Number(await page.getAttribute("#node-count", "data-nodes"));
+      check(count === s.compiled.nodes, `compiled node count shown (${count})`);
+      await page.evaluate(() => switchView("source"));
     }
 
     if (a["constant-screenshot"]) {

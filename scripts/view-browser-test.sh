@@ -70,11 +70,11 @@ start_view() {
 export NODE_PATH=$WORK/node_modules
 start_view minilm "$MINILM"
 node scripts/view-browser-test.cjs --url "$URL" --chromium "$CHROMIUM" --name MiniLM \
-  --screenshot docs/view.png --compiled-screenshot docs/view-compiled.png
+  --screenshot docs/view.png --time-compiled 1 --compiled-screenshot docs/view-compiled.png
 
 if [ -z "${SKIP_GGUF:-}" ]; then
   start_view gguf
   node scripts/view-browser-test.cjs --url "$URL" --chromium "$CHROMIUM" --name "SmolLM2 (GGUF)" \
-    --constant-screenshot docs/view-constant.png
+    --time-compiled 1 --constant-screenshot docs/view-constant.png
 fi
 echo "== view browser test passed"

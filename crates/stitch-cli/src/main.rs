@@ -169,7 +169,9 @@ enum Command {
     /// and the graph compiled for --device with its fused regions. The page needs
     /// no network. Accepts models only (.onnx, .gguf); stitch packages are not
     /// supported yet. With no MODEL, the default GGUF model of `stitch generate`.
-    #[command(after_help = "Examples:\n  stitch view model.onnx\n  stitch view --port 0          # default GGUF model, any free port")]
+    #[command(
+        after_help = "Examples:\n  stitch view model.onnx\n  stitch view --port 0          # default GGUF model, any free port"
+    )]
     View {
         /// An ONNX (.onnx) or GGUF (.gguf) model.
         model: Option<std::path::PathBuf>,

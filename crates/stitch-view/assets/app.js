@@ -57,6 +57,13 @@ function edgePath(a, b) {
   return `M${a.x + a.w},${a.y + a.h / 2} C${xs},${a.y + a.h / 2} ${xs},${b.y + b.h / 2} ${b.x + b.w},${b.y + b.h / 2}`;
 }
 
+// Fits a label into a box `w` px wide; long names keep their end, which is
+// the distinctive part (`…layer.0.attention.self.key.bias`).
+function fitLabel(label, w) {
+  const max = Math.max(4, Math.floor((w - 14) / 7.3));
+  return label.length <= max ? label : "…" + label.slice(label.length - max + 1);
+}
+
 function renderLevel(level, ox, oy, out) {
   const items = level.items;
   for (const [i, j] of level.edges) {
@@ -75,7 +82,7 @@ function renderLevel(level, ox, oy, out) {
     if (it.kind === "group") {
       out.push(`<rect class="box" x="${x}" y="${y}" width="${it.w}" height="${it.h}"/>`);
       const sign = it.expanded ? "−" : "+";
-      out.push(`<text x="${x + 8}" y="${y + 17}">${sign} ${esc(it.label)}</text>`);
+      out.push(`<text x="${x + 8}" y="${y + 17}">${sign} ${esc(fitLabel(it.label, it.w - 14))}</text>`);
       if (!it.expanded) out.push(`<text class="sub" x="${x + 8}" y="${y + 34}">${it.count} nodes</text>`);
       else renderLevel(it.inner, x + PAD, y + HEADER, out);
       if (hl && !it.expanded && state.highlight) {
@@ -84,13 +91,13 @@ function renderLevel(level, ox, oy, out) {
       }
     } else if (it.kind === "fused" && it.expanded) {
       out.push(`<rect class="box" x="${x}" y="${y}" width="${it.w}" height="${it.h}" rx="7"/>`);
-      out.push(`<text x="${x + 8}" y="${y + 17}">− ${esc(it.label)} (fused)</text>`);
+      out.push(`<text x="${x + 8}" y="${y + 17}">− ${esc(fitLabel(it.label + " (fused)", it.w))}</text>`);
       renderLevel(it.inner, x + PAD, y + HEADER, out);
     } else {
       const fill = it.kind === "member" ? "" : ` style="fill:${opColor(it.op)}"`;
       out.push(`<rect x="${x}" y="${y}" width="${it.w}" height="${it.h}"${fill}/>`);
-      out.push(`<text x="${x + 7}" y="${y + 16}">${esc(it.label)}</text>`);
-      const sub = it.kind === "fused" ? `+ fused: ${it.op}` : it.op;
+      out.push(`<text x="${x + 7}" y="${y + 16}">${esc(fitLabel(it.label, it.w))}</text>`);
+      const sub = it.kind === "fused" ? `+ fused region · ${it.members} ops` : it.op;
       out.push(`<text class="sub" x="${x + 7}" y="${y + 31}">${esc(sub)}</text>`);
     }
     out.push(`</g>`);
@@ -121,8 +128,9 @@ function fit() {
   const l = state.layout;
   if (!l) return;
   const r = $("canvas").getBoundingClientRect();
-  const s = Math.min((r.width - 40) / Math.max(l.w, 1), (r.height - 40) / Math.max(l.h, 1), 1.5);
-  state.scale = Math.max(s, 0.02);
+  const s = Math.min((r.width - 40) / Math.max(l.w, 1), (r.height - 40) / Math.max(l.h, 1), 1.2);
+  // Never so small that labels cannot be read: a tall graph opens at its top.
+  state.scale = Math.max(s, 0.45);
   state.tx = (r.width - l.w * state.scale) / 2;
   state.ty = Math.max(20, (r.height - l.h * state.scale) / 2);
   applyTransform();
@@ -420,6 +428,8 @@ async function switchView(view) {
     }
   }
   state.view = view;
+  $("search").value = "";
+  $("search-results").innerHTML = "";
   state.highlight = null; state.activeOp = null; state.selected = null;
   for (const b of document.querySelectorAll(".tab")) b.classList.toggle("active", b.dataset.view === view);
   renderOps();
@@ -427,6 +437,7 @@ async function switchView(view) {
   if (!state.expanded[view].size) await openSmallTopLevel();
   render();
   fit();
+  if (view === "source") setStatus(`${state.summary.nodes} nodes in ${state.summary.groups} groups`);
   if (view === "compiled") {
     const c = state.summary.compiled;
     setStatus(`compiled for ${state.summary.device}: ${c.nodes} nodes, ${c.fused} fused regions, ${c.fallback} on another device`);

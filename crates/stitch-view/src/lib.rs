@@ -36,7 +36,10 @@ pub struct ViewArgs {
 /// Loads the model, starts the server, prints its URL and serves until killed.
 pub fn run(args: &ViewArgs) -> Result<(), String> {
     if args.device != "cpu" {
-        return Err(format!("--device {}: only `cpu` is available in this build", args.device));
+        return Err(format!(
+            "--device {}: only `cpu` is available in this build",
+            args.device
+        ));
     }
     let path = match &args.model {
         Some(p) => p.clone(),

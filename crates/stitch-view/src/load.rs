@@ -51,7 +51,12 @@ pub fn concrete_type(ty: &TensorType) -> TensorType {
 
 /// Loads an `.onnx` or `.gguf` model.
 pub fn load_model(path: &Path) -> Result<LoadedModel, String> {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("onnx") => load_onnx(path),
         Some("gguf") => load_gguf(path),
         _ => Err(format!(
@@ -81,8 +86,14 @@ fn load_onnx(path: &Path) -> Result<LoadedModel, String> {
         Err(first) => {
             let mut fixed = proto.clone();
             fix_symbolic_inputs(&mut fixed);
-            Model::import(&fixed, ImportOptions { base_dir, ..Default::default() })
-                .map_err(|e| format!("{}: {first}; with default input sizes: {e}", path.display()))?
+            Model::import(
+                &fixed,
+                ImportOptions {
+                    base_dir,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| format!("{}: {first}; with default input sizes: {e}", path.display()))?
         }
     };
     Ok(LoadedModel {
@@ -199,8 +210,14 @@ pub fn compile(graph: &Graph, outputs: &[Value], device: &str) -> Result<Compile
         CompileOptions::default(),
     )
     .map_err(|e| format!("compiling for {device}: {e}"))?;
-    let types: Vec<TensorType> = graph.placeholders().iter().map(|(_, v)| concrete_type(graph.ty(*v))).collect();
-    let plan = exe.plan_for(&types).map_err(|e| format!("planning for {device}: {e}"))?;
+    let types: Vec<TensorType> = graph
+        .placeholders()
+        .iter()
+        .map(|(_, v)| concrete_type(graph.ty(*v)))
+        .collect();
+    let plan = exe
+        .plan_for(&types)
+        .map_err(|e| format!("planning for {device}: {e}"))?;
     Ok(CompiledGraph {
         graph: plan.graph.clone(),
         devices: plan.devices.clone(),

@@ -184,7 +184,11 @@ pub fn region_members(r: &Region) -> Vec<Member> {
     if let Some(red) = &r.reduce {
         let j = members.len();
         let mut m = Member {
-            name: r.members.get(j).cloned().unwrap_or_else(|| format!("{}_{j}", red.op.name())),
+            name: r
+                .members
+                .get(j)
+                .cloned()
+                .unwrap_or_else(|| format!("{}_{j}", red.op.name())),
             op: red.op.name().to_string(),
             from_members: vec![],
             from_inputs: vec![],
@@ -200,7 +204,10 @@ pub fn region_members(r: &Region) -> Vec<Member> {
 }
 
 /// Scope components of a name: `/encoder/layer.0/MatMul` → `[encoder, layer.0]`.
+/// A fused region is named after its root member (`fused_blk.0/attn/mul_5`) and
+/// sits in that member's scope.
 fn scopes(name: &str) -> Vec<&str> {
+    let name = name.strip_prefix("fused_").unwrap_or(name);
     let parts: Vec<&str> = name.split('/').filter(|p| !p.is_empty()).collect();
     match parts.split_last() {
         Some((_, scope)) => scope.to_vec(),
@@ -333,11 +340,43 @@ impl ViewGraph {
             .collect();
         let is_op = |n: &ViewNode| n.op != "constant" && n.op != "placeholder";
         let ops = self.nodes.iter().filter(|n| is_op(n)).count();
-        let scoped_ops = self.nodes.iter().zip(&out).filter(|(n, s)| is_op(n) && !s.is_empty()).count();
+        let scoped_ops = self
+            .nodes
+            .iter()
+            .zip(&out)
+            .filter(|(n, s)| is_op(n) && !s.is_empty())
+            .count();
         if scoped_ops * 2 < ops {
             for (i, n) in self.nodes.iter().enumerate() {
                 if n.op == "constant" && out[i].is_empty() {
                     out[i] = dotted_scope(&n.name);
+                }
+            }
+            // An op whose consumers all got a scope from their weights joins them
+            // (a matmul whose bias add names the module).
+            let by_weights = |i: usize, out: &[Vec<String>]| {
+                self.nodes[i]
+                    .inputs
+                    .iter()
+                    .filter(|(p, _)| self.nodes[*p].op == "constant" && !out[*p].is_empty())
+                    .map(|(p, _)| out[*p].clone())
+                    .collect::<Vec<_>>()
+            };
+            let first: Vec<Vec<String>> = (0..self.nodes.len())
+                .map(|i| {
+                    if is_op(&self.nodes[i]) && out[i].is_empty() {
+                        common_prefix(&by_weights(i, &out).iter().collect::<Vec<_>>())
+                    } else {
+                        out[i].clone()
+                    }
+                })
+                .collect();
+            for i in 0..self.nodes.len() {
+                let cs = &self.consumers[i];
+                if is_op(&self.nodes[i]) && first[i].is_empty() && !cs.is_empty() {
+                    if cs.iter().all(|&c| !by_weights(c, &out).is_empty()) {
+                        out[i] = common_prefix(&cs.iter().map(|&c| &first[c]).collect::<Vec<_>>());
+                    }
                 }
             }
             for i in 0..self.nodes.len() {
@@ -366,8 +405,11 @@ impl ViewGraph {
             // join the scope their scoped consumers share.
             for i in (0..self.nodes.len()).rev() {
                 if is_op(&self.nodes[i]) && out[i].is_empty() {
-                    let from: Vec<&Vec<String>> =
-                        self.consumers[i].iter().map(|&c| &out[c]).filter(|s| !s.is_empty()).collect();
+                    let from: Vec<&Vec<String>> = self.consumers[i]
+                        .iter()
+                        .map(|&c| &out[c])
+                        .filter(|s| !s.is_empty())
+                        .collect();
                     out[i] = common_prefix(&from);
                 }
             }

@@ -104,7 +104,10 @@ impl Viewer {
     }
 
     fn compiled(&self) -> Compiled {
-        self.compiled.lock().map(|c| c.clone()).unwrap_or(Compiled::Failed("lock poisoned".into()))
+        self.compiled
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or(Compiled::Failed("lock poisoned".into()))
     }
 
     fn view(&self, name: Option<&str>) -> Result<(bool, Arc<ViewGraph>), (u16, String)> {
@@ -209,7 +212,12 @@ impl Viewer {
         edges
     }
 
-    fn place(&self, key: LayoutKey, sizes: &[(f64, f64)], edges: &[(usize, usize)]) -> Arc<(Vec<(f64, f64)>, f64, f64)> {
+    fn place(
+        &self,
+        key: LayoutKey,
+        sizes: &[(f64, f64)],
+        edges: &[(usize, usize)],
+    ) -> Arc<(Vec<(f64, f64)>, f64, f64)> {
         if let Some(p) = self.layouts.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return p;
         }
@@ -270,7 +278,8 @@ impl Viewer {
                     let label = n.name.rsplit('/').next().unwrap_or(&n.name);
                     let key = format!("n{i}");
                     let mut j = json!({ "key": key, "kind": if n.members.is_empty() { "node" } else { "fused" },
-                                        "id": i, "label": label, "op": n.op, "fallback": n.device != 0 });
+                                        "id": i, "label": label, "op": n.op, "fallback": n.device != 0,
+                                        "members": n.members.len() });
                     if !n.members.is_empty() && expanded.contains(key.as_str()) {
                         let inner = self.member_level(compiled, v, i);
                         let w = inner["w"].as_f64().unwrap_or(0.0).max(label_width(label)) + 2.0 * PAD;
@@ -303,7 +312,12 @@ impl Viewer {
         let members = &v.nodes[i].members;
         let sizes: Vec<(f64, f64)> = members
             .iter()
-            .map(|m| (label_width(m.name.rsplit('/').next().unwrap_or(&m.name)).max(label_width(&m.op)), NODE_H))
+            .map(|m| {
+                (
+                    label_width(m.name.rsplit('/').next().unwrap_or(&m.name)).max(label_width(&m.op)),
+                    NODE_H,
+                )
+            })
             .collect();
         let edges: Vec<(usize, usize)> = members
             .iter()
@@ -354,7 +368,10 @@ impl Viewer {
             return Ok((*j).clone());
         }
         let Op::Constant(t) = &self.graph.nodes()[id].op else {
-            return Err((400, format!("node {id} ({}) is not a constant", self.source.nodes[id].name)));
+            return Err((
+                400,
+                format!("node {id} ({}) is not a constant", self.source.nodes[id].name),
+            ));
         };
         let format = quant_format(&self.source, id);
         let s = constant_stats(t, format).map_err(|e| (500, format!("constant {id}: {e}")))?;
@@ -383,19 +400,21 @@ fn label_width(label: &str) -> f64 {
     (label.chars().count() as f64 * 7.3 + 20.0).clamp(70.0, 240.0)
 }
 
-/// The quantization format of a packed constant, from the op that reads it.
+/// The quantization format of a packed constant, from the op that reads it
+/// (directly, or through a `gather` of rows, as an embedding table is read).
 fn quant_format(v: &ViewGraph, id: usize) -> Option<QuantFormat> {
     v.consumers[id].iter().find_map(|&c| {
         let n = &v.nodes[c];
-        let reads_packed = match n.op.as_str() {
-            "dequantize" => n.inputs.first().map(|x| x.0) == Some(id),
-            "quant_matmul" => n.inputs.get(1).map(|x| x.0) == Some(id),
-            _ => false,
-        };
-        if reads_packed {
-            n.quant
-        } else {
-            None
+        match n.op.as_str() {
+            "dequantize" if n.inputs.first().map(|x| x.0) == Some(id) => n.quant,
+            "quant_matmul" if n.inputs.get(1).map(|x| x.0) == Some(id) => n.quant,
+            "gather" if n.inputs.first().map(|x| x.0) == Some(id) => v.consumers[c].iter().find_map(|&d| {
+                let m = &v.nodes[d];
+                (m.op == "dequantize" && m.inputs.first().map(|x| x.0) == Some(c))
+                    .then_some(m.quant)
+                    .flatten()
+            }),
+            _ => None,
         }
     })
 }
@@ -419,7 +438,12 @@ fn node_json(v: &ViewGraph, i: usize) -> Json {
         .inputs
         .iter()
         .map(|&(p, o)| {
-            let ty = v.nodes.get(p).and_then(|x| x.outputs.get(o as usize)).cloned().unwrap_or_default();
+            let ty = v
+                .nodes
+                .get(p)
+                .and_then(|x| x.outputs.get(o as usize))
+                .cloned()
+                .unwrap_or_default();
             json!({ "id": p, "output": o, "name": v.nodes[p].name, "op": v.nodes[p].op, "type": ty })
         })
         .collect();

@@ -61,7 +61,9 @@ fn for_each_row(
             }
             let (rows, row_bytes) = (t.shape()[0], t.shape()[1]);
             if row_bytes % fmt.block_bytes() != 0 {
-                return Err(format!("{row_bytes} bytes per row is not a whole number of {fmt} blocks"));
+                return Err(format!(
+                    "{row_bytes} bytes per row is not a whole number of {fmt} blocks"
+                ));
             }
             let cols = row_bytes / fmt.block_bytes() * fmt.block_elems();
             let bytes = t.as_slice::<u8>().map_err(|e| e.to_string())?;

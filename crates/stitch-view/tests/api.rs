@@ -38,7 +38,9 @@ fn fixture() -> Fixture {
     g.pop_scope();
     g.push_scope("layer1");
     let fmt = QuantFormat::Q8_0;
-    let rows: Vec<Vec<f32>> = (0..4).map(|_| (0..32).map(|_| rng.gen_range(-2.0..2.0)).collect()).collect();
+    let rows: Vec<Vec<f32>> = (0..4)
+        .map(|_| (0..32).map(|_| rng.gen_range(-2.0..2.0)).collect())
+        .collect();
     let mut bytes = vec![0u8; 4 * fmt.block_bytes()];
     let mut packed_values = vec![];
     for (r, row) in rows.iter().enumerate() {
@@ -87,7 +89,10 @@ fn node_id(g: &Graph, op: &str) -> usize {
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let m = v.iter().sum::<f64>() / v.len() as f64;
-    (m, (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len() as f64).sqrt())
+    (
+        m,
+        (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / v.len() as f64).sqrt(),
+    )
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -152,7 +157,10 @@ fn summary_layout_inspector_and_constants_describe_the_graph() {
     let j = get_json(addr, &format!("/api/node?view=source&id={mm}"));
     assert_eq!(j["op"], "matmul");
     assert_eq!(j["inputs"][0]["name"], "x");
-    assert_eq!(j["inputs"][0]["type"], f.graph.ty(f.graph.nodes()[mm].inputs[0]).to_string());
+    assert_eq!(
+        j["inputs"][0]["type"],
+        f.graph.ty(f.graph.nodes()[mm].inputs[0]).to_string()
+    );
     assert_eq!(j["outputs"][0], f.graph.nodes()[mm].outputs[0].to_string());
     assert_eq!(j["consumers"][0]["op"], "add");
     assert_eq!(j["path"], serde_json::json!([g0]));
@@ -177,8 +185,14 @@ fn summary_layout_inspector_and_constants_describe_the_graph() {
     let st = get_json(addr, &format!("/api/constant?id={w_id}"));
     let w: Vec<f64> = f.w0.iter().map(|&x| f64::from(x)).collect();
     let (m, sd) = mean_std(&w);
-    assert!(close(st["min"].as_f64().unwrap(), w.iter().cloned().fold(f64::INFINITY, f64::min)));
-    assert!(close(st["max"].as_f64().unwrap(), w.iter().cloned().fold(f64::NEG_INFINITY, f64::max)));
+    assert!(close(
+        st["min"].as_f64().unwrap(),
+        w.iter().cloned().fold(f64::INFINITY, f64::min)
+    ));
+    assert!(close(
+        st["max"].as_f64().unwrap(),
+        w.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+    ));
     assert!(close(st["mean"].as_f64().unwrap(), m));
     assert!(close(st["std"].as_f64().unwrap(), sd));
     let hist: Vec<u64> = serde_json::from_value(st["histogram"].clone()).unwrap();
@@ -186,7 +200,10 @@ fn summary_layout_inspector_and_constants_describe_the_graph() {
     // Small enough for one cell per element: the heat map is the matrix.
     assert_eq!(st["heatmap"]["rows"], 8);
     assert_eq!(st["heatmap"]["cols"], 32);
-    assert!(close(st["heatmap"]["values"][3 * 32 + 5].as_f64().unwrap(), w[3 * 32 + 5]));
+    assert!(close(
+        st["heatmap"]["values"][3 * 32 + 5].as_f64().unwrap(),
+        w[3 * 32 + 5]
+    ));
 
     // Packed constant: statistics of the dequantized values, logical shape.
     let p_id = packed["id"].as_u64().unwrap();
@@ -222,7 +239,12 @@ fn summary_layout_inspector_and_constants_describe_the_graph() {
     let fused = get_json(addr, "/api/find?view=compiled&op=fused");
     let fid = fused["list"][0]["id"].as_u64().unwrap();
     let j = get_json(addr, &format!("/api/node?view=compiled&id={fid}"));
-    let member_ops: Vec<&str> = j["members"].as_array().unwrap().iter().map(|m| m["op"].as_str().unwrap()).collect();
+    let member_ops: Vec<&str> = j["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["op"].as_str().unwrap())
+        .collect();
     assert!(member_ops.len() >= 2, "{j}");
     // Expanding the region shows its members, joined in a chain.
     let mut path: Vec<String> = serde_json::from_value(j["path"].clone()).unwrap();
@@ -255,7 +277,11 @@ fn wide_flat_graphs_are_split_into_parts_no_larger_than_the_cap() {
     let viewer = Viewer::new("wide", g.clone(), "cpu");
     let vg = viewer.source();
     for grp in &vg.groups {
-        assert!(grp.items.len() <= stitch_view::model::MAX_ITEMS_PER_GROUP, "{}", grp.path);
+        assert!(
+            grp.items.len() <= stitch_view::model::MAX_ITEMS_PER_GROUP,
+            "{}",
+            grp.path
+        );
     }
     assert_eq!(vg.groups[0].node_count, g.nodes().len());
     // Every node is reachable from the root exactly once.
@@ -276,5 +302,8 @@ fn a_busy_port_is_reported_clearly() {
     let port = holder.local_addr().unwrap().port();
     let viewer = Arc::new(Viewer::new("x", Graph::new(), "cpu"));
     let err = serve(viewer, port).err().unwrap();
-    assert!(err.contains("already in use") && err.contains(&port.to_string()), "{err}");
+    assert!(
+        err.contains("already in use") && err.contains(&port.to_string()),
+        "{err}"
+    );
 }
