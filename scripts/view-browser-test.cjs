@@ -41,10 +41,7 @@ async function main() {
     const items = await page.locator("#viewport .item").count();
     check(items > 0 && items <= 200, `top level drawn folded (${items} items)`);
 
-    // Expand the largest group, then click a node in the drawing.
-    const groups = await page.$$eval("#viewport .item.group", (els) =>
-      els.map((e) => ({ key: e.dataset.key, n: Number((e.querySelector("text.sub") || {}).textContent?.split(" ")[0] || 0) })));
-    groups.sort((x, y) => y.n - x.n);
+    // Expand groups until a node is drawn, then click it.
     let clicked = null;
     for (let depth = 0; depth < 6 && !clicked; depth++) {
       const node = page.locator("#viewport .item.node").first();
@@ -54,8 +51,9 @@ async function main() {
         break;
       }
       const g = page.locator("#viewport .item.group:not(.open)").first();
+      const key = await g.getAttribute("data-key");
       await g.click();
-      await page.waitForTimeout(150);
+      await page.waitForSelector(`#viewport [data-key="${key}"].open`);
     }
     check(clicked !== null, `clicked node ${clicked}`);
     await page.waitForSelector("#inspector-name");

@@ -12,6 +12,10 @@ pub const GAP_X: f64 = 24.0;
 /// Gap between layers.
 pub const GAP_Y: f64 = 36.0;
 
+/// Layouts of connected components as `rust-sugiyama` returns them: centres by
+/// vertex, then width and height.
+type Components = Vec<(Vec<(usize, (f64, f64))>, f64, f64)>;
+
 /// Where each item goes: top-left corners, plus the size of the whole.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placement {
@@ -125,7 +129,7 @@ fn pack(items: &[(usize, f64, f64)], sizes: &[(f64, f64)], x0: f64, out: &mut [(
 }
 
 /// Longest-path layers in input order, used if the library panics.
-fn fallback_layers(n: usize, edges: &[(u32, u32)]) -> Vec<(Vec<(usize, (f64, f64))>, f64, f64)> {
+fn fallback_layers(n: usize, edges: &[(u32, u32)]) -> Components {
     let mut layer = vec![0usize; n];
     let mut sorted = edges.to_vec();
     sorted.sort_by_key(|e| e.1);

@@ -373,10 +373,12 @@ impl ViewGraph {
                 .collect();
             for i in 0..self.nodes.len() {
                 let cs = &self.consumers[i];
-                if is_op(&self.nodes[i]) && first[i].is_empty() && !cs.is_empty() {
-                    if cs.iter().all(|&c| !by_weights(c, &out).is_empty()) {
-                        out[i] = common_prefix(&cs.iter().map(|&c| &first[c]).collect::<Vec<_>>());
-                    }
+                if is_op(&self.nodes[i])
+                    && first[i].is_empty()
+                    && !cs.is_empty()
+                    && cs.iter().all(|&c| !by_weights(c, &out).is_empty())
+                {
+                    out[i] = common_prefix(&cs.iter().map(|&c| &first[c]).collect::<Vec<_>>());
                 }
             }
             for i in 0..self.nodes.len() {
@@ -606,5 +608,76 @@ impl ViewGraph {
     /// Number of (producer, consumer) pairs.
     pub fn edge_count(&self) -> usize {
         self.consumers.iter().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stitch_core::{DType, Tensor};
+
+    fn weight(g: &mut Graph, name: &str, shape: &[usize], seed: u64) -> stitch_core::Value {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i as u64 * 2654435761 + seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let c = g.constant(Tensor::from_vec(v, shape).unwrap());
+        g.set_name(c.node, name);
+        c
+    }
+
+    #[test]
+    fn unscoped_ops_take_scopes_from_their_weights_names() {
+        let mut g = Graph::new();
+        let x = g.placeholder("x", DType::F32, [2, 4]);
+        let wq = weight(&mut g, "weird_q", &[4, 4], 1);
+        let bq = weight(&mut g, "enc.layer.0.attn.q.bias", &[4], 2);
+        let wk = weight(&mut g, "weird_k", &[4, 4], 3);
+        let bk = weight(&mut g, "enc.layer.0.attn.k.bias", &[4], 4);
+        let _dead = weight(&mut g, "left_behind", &[4], 5);
+        let q = g.matmul(x, wq).unwrap();
+        let q = g.add(q, bq).unwrap();
+        let k = g.matmul(x, wk).unwrap();
+        let k = g.add(k, bk).unwrap();
+        let s = g.mul(q, k).unwrap();
+        let p = g.softmax(s, -1).unwrap();
+        let v = ViewGraph::new(&g, &[], &[]);
+        let path = |i: usize| {
+            v.ancestors(i)
+                .iter()
+                .map(|&a| v.groups[a].label.clone())
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        // The matmul joins its bias add's module; the product of q and k sits
+        // where both come from; an unused constant is set aside.
+        assert_eq!(path(q.node.0 as usize), "enc/layer.0/attn/q");
+        assert_eq!(path(k.node.0 as usize - 1), "enc/layer.0/attn/k");
+        assert_eq!(path(wq.node.0 as usize), "enc/layer.0/attn/q");
+        assert_eq!(path(s.node.0 as usize), "enc/layer.0/attn");
+        assert_eq!(path(p.node.0 as usize), "enc/layer.0/attn");
+        assert_eq!(path(_dead.node.0 as usize), "unused constants");
+        assert_eq!(path(x.node.0 as usize), "");
+        // `enc/layer.0/attn` is one box: the chain of single groups is merged.
+        let top: Vec<&str> = v.groups[0]
+            .items
+            .iter()
+            .filter_map(|it| match it {
+                Item::Group(c) => Some(v.groups[*c].label.as_str()),
+                Item::Node(_) => None,
+            })
+            .collect();
+        assert_eq!(top, ["enc/layer.0/attn", "unused constants"]);
+    }
+
+    #[test]
+    fn dotted_names_become_scopes() {
+        assert_eq!(
+            dotted_scope("encoder.layer.10.output.dense.weight"),
+            ["encoder", "layer.10", "output", "dense"]
+        );
+        assert!(dotted_scope("weight").is_empty());
+        assert!(dotted_scope("onnx::MatMul_12").is_empty());
+        assert!(dotted_scope("blk.0/attn_q.weight").is_empty());
     }
 }

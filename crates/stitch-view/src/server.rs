@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use serde_json::{json, Value as Json};
 use stitch_core::{Graph, Op, QuantFormat, Value};
 
-use crate::layout::layered;
+use crate::layout::{layered, Placement};
 use crate::load::{compile, CompiledGraph};
 use crate::model::{Item, ViewGraph};
 use crate::stats::constant_stats;
@@ -45,7 +45,10 @@ enum Compiled {
     Failed(String),
 }
 
+/// A cached layout: (compiled view?, level key, item sizes).
 type LayoutKey = (bool, String, Vec<(u64, u64)>);
+/// Edges between the items of a level.
+type Edges = Arc<Vec<(usize, usize)>>;
 
 /// What the server shows: one graph, and its compiled plan once ready.
 pub struct Viewer {
@@ -54,8 +57,8 @@ pub struct Viewer {
     graph: Arc<Graph>,
     source: Arc<ViewGraph>,
     compiled: Mutex<Compiled>,
-    layouts: Mutex<HashMap<LayoutKey, Arc<(Vec<(f64, f64)>, f64, f64)>>>,
-    edges: Mutex<HashMap<(bool, String), Arc<Vec<(usize, usize)>>>>,
+    layouts: Mutex<HashMap<LayoutKey, Arc<Placement>>>,
+    edges: Mutex<HashMap<(bool, String), Edges>>,
     stats: Mutex<HashMap<usize, Arc<Json>>>,
 }
 
@@ -184,7 +187,7 @@ impl Viewer {
     }
 
     /// Edges between the items of group `g` (indices into its item list).
-    fn group_edges(&self, compiled: bool, v: &ViewGraph, g: usize) -> Arc<Vec<(usize, usize)>> {
+    fn group_edges(&self, compiled: bool, v: &ViewGraph, g: usize) -> Edges {
         let key = (compiled, format!("g{g}"));
         if let Some(e) = self.edges.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return e;
@@ -212,17 +215,12 @@ impl Viewer {
         edges
     }
 
-    fn place(
-        &self,
-        key: LayoutKey,
-        sizes: &[(f64, f64)],
-        edges: &[(usize, usize)],
-    ) -> Arc<(Vec<(f64, f64)>, f64, f64)> {
+    fn place(&self, key: LayoutKey, sizes: &[(f64, f64)], edges: &[(usize, usize)]) -> Arc<Placement> {
         if let Some(p) = self.layouts.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return p;
         }
         let p = layered(sizes, edges);
-        let p = Arc::new((p.positions, p.width, p.height));
+        let p = Arc::new(p);
         if let Ok(mut m) = self.layouts.lock() {
             m.insert(key, p.clone());
         }
@@ -258,7 +256,7 @@ impl Viewer {
                     let key = format!("g{s}");
                     if expanded.contains(key.as_str()) && depth < 32 {
                         let inner = self.group_level(compiled, v, s, expanded, depth + 1);
-                        let w = inner["w"].as_f64().unwrap_or(0.0).max(label_width(&grp.label)) + 2.0 * PAD;
+                        let w = inner["w"].as_f64().unwrap_or(0.0).max(label_width(&grp.label) + 16.0) + 2.0 * PAD;
                         let h = inner["h"].as_f64().unwrap_or(0.0) + HEADER + PAD;
                         (
                             json!({ "key": key, "kind": "group", "label": grp.label, "path": grp.path,
@@ -269,7 +267,7 @@ impl Viewer {
                         (
                             json!({ "key": key, "kind": "group", "label": grp.label, "path": grp.path,
                                     "count": grp.node_count, "expanded": false }),
-                            (label_width(&grp.label).max(120.0), GROUP_H),
+                            ((label_width(&grp.label) + 16.0).max(120.0), GROUP_H),
                         )
                     }
                 }
@@ -282,7 +280,11 @@ impl Viewer {
                                         "members": n.members.len() });
                     if !n.members.is_empty() && expanded.contains(key.as_str()) {
                         let inner = self.member_level(compiled, v, i);
-                        let w = inner["w"].as_f64().unwrap_or(0.0).max(label_width(label)) + 2.0 * PAD;
+                        let w = inner["w"]
+                            .as_f64()
+                            .unwrap_or(0.0)
+                            .max(label_width(&format!("- {label} (fused)")))
+                            + 2.0 * PAD;
                         let h = inner["h"].as_f64().unwrap_or(0.0) + HEADER + PAD;
                         j["expanded"] = json!(true);
                         j["inner"] = inner;
@@ -301,11 +303,11 @@ impl Viewer {
         let edges = self.group_edges(compiled, v, g);
         let key = (compiled, format!("g{g}"), size_key(&sizes));
         let p = self.place(key, &sizes, &edges);
-        for (j, &(x, y)) in items.iter_mut().zip(&p.0) {
+        for (j, &(x, y)) in items.iter_mut().zip(&p.positions) {
             j["x"] = json!(x);
             j["y"] = json!(y);
         }
-        json!({ "key": format!("g{g}"), "w": p.1, "h": p.2, "items": items, "edges": *edges })
+        json!({ "key": format!("g{g}"), "w": p.width, "h": p.height, "items": items, "edges": *edges })
     }
 
     fn member_level(&self, compiled: bool, v: &ViewGraph, i: usize) -> Json {
@@ -330,10 +332,10 @@ impl Viewer {
             .enumerate()
             .map(|(j, m)| {
                 json!({ "key": format!("m{i}.{j}"), "kind": "member", "id": i, "label": m.name.rsplit('/').next().unwrap_or(&m.name),
-                        "name": m.name, "op": m.op, "x": p.0[j].0, "y": p.0[j].1, "w": sizes[j].0, "h": sizes[j].1 })
+                        "name": m.name, "op": m.op, "x": p.positions[j].0, "y": p.positions[j].1, "w": sizes[j].0, "h": sizes[j].1 })
             })
             .collect();
-        json!({ "key": format!("f{i}"), "w": p.1, "h": p.2, "items": items, "edges": edges })
+        json!({ "key": format!("f{i}"), "w": p.width, "h": p.height, "items": items, "edges": edges })
     }
 
     fn constants(&self) -> Json {
