@@ -210,6 +210,27 @@ Open trace.json in https://ui.perfetto.dev (one event per plan step per run).")]
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Open a graph viewer in the browser: serves a page on 127.0.0.1 and prints its URL.
+    ///
+    /// The page shows the graph as a layered DAG (folded into groups by name scope;
+    /// click a group to expand it), an operations navigator with search, a node
+    /// inspector, a constants navigator with statistics, histogram and heat map,
+    /// and the graph compiled for --device with its fused regions. The page needs
+    /// no network. Accepts models only (.onnx, .gguf); stitch packages are not
+    /// supported yet. With no MODEL, the default GGUF model of `stitch generate`.
+    #[command(
+        after_help = "Examples:\n  stitch view model.onnx\n  stitch view --port 0          # default GGUF model, any free port"
+    )]
+    View {
+        /// An ONNX (.onnx) or GGUF (.gguf) model.
+        model: Option<std::path::PathBuf>,
+        /// Port on 127.0.0.1 (0: any free port).
+        #[arg(long, default_value_t = 8090)]
+        port: u16,
+        /// Device of the compiled view (only `cpu` for now).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Print op coverage per backend (docs/OPS.md is this output with --markdown).
     Ops {
         /// Print the Markdown document instead of a plain table.
@@ -358,6 +379,7 @@ fn main() -> ExitCode {
             })
             .and_then(|t| print_text(&t))
         }),
+        Command::View { model, port, device } => stitch_view::run(&stitch_view::ViewArgs { model, port, device }),
         Command::Ops { markdown } => {
             let cpu = CpuBackend::new();
             let text = if markdown {

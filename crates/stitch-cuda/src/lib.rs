@@ -32,6 +32,29 @@ use stitch_core::{Backend, DType, DeviceMemory, Error, Node, Outputs, Result, Te
 use crate::cache::{KernelCache, KeyParts};
 use crate::codegen::{Meta, MAX_OPERANDS, MAX_RANK};
 
+/// The ordered backend list for a device name: `cpu`; `cuda` or `cuda:N` (the
+/// GPU first, the CPU last as the fallback for ops the GPU backend lacks).
+/// Errors are ready to print after `--device`.
+pub fn backends_for(device: &str) -> std::result::Result<Vec<Arc<dyn Backend>>, String> {
+    let cpu: Arc<dyn Backend> = Arc::new(stitch_cpu::CpuBackend::new());
+    match device {
+        "cpu" => Ok(vec![cpu]),
+        n if n == "cuda" || n.starts_with("cuda:") => {
+            let ordinal = match n.strip_prefix("cuda:") {
+                None => 0,
+                Some(k) => k
+                    .parse::<usize>()
+                    .map_err(|_| format!("--device {n}: expected cuda or cuda:N with N a GPU number"))?,
+            };
+            let cuda = CudaBackend::new(ordinal).map_err(|e| format!("--device {n}: {e}"))?;
+            Ok(vec![Arc::new(cuda), cpu])
+        }
+        n => Err(format!(
+            "--device {n}: unknown device; use `cpu`, `cuda` or `cuda:N` (see `stitch info` for what this machine has)"
+        )),
+    }
+}
+
 /// A GPU as `stitch info` lists it.
 #[derive(Debug, Clone)]
 pub struct DeviceInfo {

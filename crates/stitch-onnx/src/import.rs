@@ -517,7 +517,9 @@ impl Ctx {
                     })
                     .collect()
             } else {
+                let first_new = self.g.nodes().len();
                 let vs = self.convert(n).map_err(err)?;
+                self.name_after(n, first_new, &vs);
                 vs.into_iter()
                     .map(|v| {
                         let k = match &self.g.node(v.node).op {
@@ -535,6 +537,31 @@ impl Ctx {
             }
         }
         Ok(())
+    }
+
+    /// Names the nodes created for ONNX node `n` (those from `first_new` on)
+    /// after it, so tools (the viewer, reports) show the model's own names and
+    /// scopes: the node of the first output takes the ONNX name
+    /// (`/encoder/layer.0/attention/self/query/MatMul`), helper nodes keep their
+    /// own name under the same scope.
+    fn name_after(&mut self, n: &onnx::NodeProto, first_new: usize, outputs: &[Value]) {
+        if n.name().is_empty() {
+            return;
+        }
+        let scope = n.name().rsplit_once('/').map(|(s, _)| s);
+        let primary = outputs.first().map(|v| v.node.0 as usize);
+        for k in first_new..self.g.nodes().len() {
+            let name = if Some(k) == primary {
+                n.name().to_string()
+            } else {
+                let own = self.g.nodes()[k].name.clone();
+                match scope {
+                    Some(s) => format!("{s}/{own}"),
+                    None => own,
+                }
+            };
+            self.g.set_name(stitch_core::NodeId(k as u32), &name);
+        }
     }
 
     /// Converts one node; returns its outputs.
