@@ -382,13 +382,19 @@ fn main() -> ExitCode {
         Command::View { model, port, device } => stitch_view::run(&stitch_view::ViewArgs { model, port, device }),
         Command::Ops { markdown } => {
             let cpu = CpuBackend::new();
+            let cuda = stitch_cuda::CudaOpCoverage;
             let text = if markdown {
-                ops_table::markdown(&[&cpu])
+                ops_table::markdown(&[&cpu, &cuda])
             } else {
                 ops_table::catalog()
                     .iter()
                     .map(|(family, op)| {
-                        format!("{family:14} {:18} cpu: {}\n", op.kind(), ops_table::coverage(&cpu, op))
+                        format!(
+                            "{family:14} {:18} cpu: {:14} cuda: {}\n",
+                            op.kind(),
+                            ops_table::coverage(&cpu, op),
+                            ops_table::coverage(&cuda, op)
+                        )
                     })
                     .collect()
             };

@@ -132,7 +132,7 @@ fn info_lists_version_and_cpu() {
 
 #[test]
 fn ops_md_is_generated_from_the_backend() {
-    let expected = ops_table::markdown(&[&CpuBackend::new()]);
+    let expected = ops_table::markdown(&[&CpuBackend::new(), &stitch_cuda::CudaOpCoverage]);
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/OPS.md");
     let committed = std::fs::read_to_string(path).unwrap_or_default();
     assert!(

@@ -38,8 +38,14 @@ fn default_model_greedy_tokens_on_cuda_equal_the_cpus() {
         .iter()
         .zip(&gpu_logits)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    println!("cpu: {cpu_text:?}\ngpu: {gpu_text:?}\nfirst-step logits: max|Δ| / max|cpu| = {:.2e}", diff / scale);
-    assert!(diff <= 1e-3 * scale, "first-step logits differ by {diff} (scale {scale})");
+    println!(
+        "cpu: {cpu_text:?}\ngpu: {gpu_text:?}\nfirst-step logits: max|Δ| / max|cpu| = {:.2e}",
+        diff / scale
+    );
+    assert!(
+        diff <= 1e-3 * scale,
+        "first-step logits differ by {diff} (scale {scale})"
+    );
     assert_eq!(gpu, cpu, "greedy tokens differ: {gpu_text:?} vs {cpu_text:?}");
     assert!(gpu_text.starts_with("The capital of France is Paris"), "{gpu_text:?}");
 }

@@ -753,7 +753,10 @@ impl CudaBackend {
     fn dequantize(&self, node: &Node, w: &Tensor, format: stitch_core::QuantFormat, k: usize) -> Result<Tensor> {
         let w = self.contiguous(w)?;
         if w.dtype() != DType::U8 || w.rank() != 2 {
-            return Err(err(format!("`{}`: packed weights must be u8 [rows, row_bytes]", node.name)));
+            return Err(err(format!(
+                "`{}`: packed weights must be u8 [rows, row_bytes]",
+                node.name
+            )));
         }
         let rows = w.shape()[0];
         let row_bytes = format.row_bytes(k)?;
@@ -778,7 +781,14 @@ impl CudaBackend {
             format.block_bytes() as i32,
         );
         let mut b = self.stream.launch_builder(&f);
-        b.arg(&pw).arg(&po).arg(&rows_i).arg(&k_i).arg(&rb_i).arg(&fmt).arg(&be).arg(&bb);
+        b.arg(&pw)
+            .arg(&po)
+            .arg(&rows_i)
+            .arg(&k_i)
+            .arg(&rb_i)
+            .arg(&fmt)
+            .arg(&be)
+            .arg(&bb);
         let cfg = LaunchConfig {
             grid_dim: (self.grid_for(rows * k, 256), 1, 1),
             block_dim: (256, 1, 1),
@@ -791,7 +801,10 @@ impl CudaBackend {
 
     /// `x @ dequantize(w)ᵀ`: a GEMV kernel for few rows, else expand + cuBLAS.
     fn quant_matmul(&self, node: &Node, x: &Tensor, w: &Tensor, format: stitch_core::QuantFormat) -> Result<Tensor> {
-        let k = *x.shape().last().ok_or_else(|| err(format!("`{}`: x must have rank 1 or more", node.name)))?;
+        let k = *x
+            .shape()
+            .last()
+            .ok_or_else(|| err(format!("`{}`: x must have rank 1 or more", node.name)))?;
         let n = w.shape()[0];
         let rows = x.numel() / k.max(1);
         let out_shape = out_shape(node, 0)?;
@@ -1071,6 +1084,82 @@ fn float_out(node: &Node) -> bool {
     node.outputs.iter().all(|t| t.dtype == DType::F32)
 }
 
+/// Whether the CUDA backend has a kernel for this op kind at all (for the op
+/// coverage table; [`supports_node`] also checks dtypes, ranks and axes).
+pub fn supports_op(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Fused(_)
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Cast(_)
+            | Op::Clamp { .. }
+            | Op::Reduce { .. }
+            | Op::MatMul { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::RmsNorm { .. }
+            | Op::LayerNorm { .. }
+            | Op::Sdpa(_)
+            | Op::Gather { .. }
+            | Op::Dequantize { .. }
+            | Op::QuantMatMul { .. }
+            | Op::Reshape { .. }
+            | Op::Squeeze { .. }
+            | Op::Unsqueeze { .. }
+            | Op::Transpose { .. }
+            | Op::Expand { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Split { .. }
+    )
+}
+
+/// Whether the CUDA backend runs this node (op kind, dtypes, rank, axes).
+pub fn supports_node(node: &Node) -> bool {
+    if !supports_op(&node.op) {
+        return false;
+    }
+    if node.outputs.is_empty() {
+        return true;
+    }
+    let rank = node.outputs[0].shape.rank();
+    match &node.op {
+        Op::Fused(r) => {
+            supported_dtypes(node) && r.exprs.iter().filter(|e| matches!(e, Expr::Input(_))).count() < MAX_OPERANDS
+        }
+        Op::MatMul { .. } => float_out(node) && rank >= 2,
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+            float_out(node) && normalize_axis(*axis, rank) == Some(rank.saturating_sub(1))
+        }
+        Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Sdpa(_) | Op::Dequantize { .. } | Op::QuantMatMul { .. } => {
+            float_out(node)
+        }
+        _ => supported_dtypes(node) && rank <= MAX_RANK,
+    }
+}
+
+/// A stand-in with the CUDA backend's name and op coverage, for tables made
+/// where no GPU exists (`stitch ops`); it cannot execute anything.
+#[derive(Debug, Default)]
+pub struct CudaOpCoverage;
+
+impl Backend for CudaOpCoverage {
+    fn name(&self) -> &str {
+        "cuda"
+    }
+    fn supports(&self, node: &Node) -> bool {
+        supports_op(&node.op)
+    }
+    fn execute(&self, node: &Node, _: &[Tensor]) -> Result<Outputs> {
+        Err(err(format!(
+            "`{}`: the CUDA coverage table cannot run ops; use CudaBackend",
+            node.name
+        )))
+    }
+}
+
 fn supported_dtypes(node: &Node) -> bool {
     node.outputs.iter().all(|t| codegen::c_type(t.dtype).is_some())
 }
@@ -1081,31 +1170,7 @@ impl Backend for CudaBackend {
     }
 
     fn supports(&self, node: &Node) -> bool {
-        let rank = node.outputs.first().map(|t| t.shape.rank()).unwrap_or(0);
-        match &node.op {
-            Op::Fused(r) => {
-                supported_dtypes(node) && r.exprs.iter().filter(|e| matches!(e, Expr::Input(_))).count() < MAX_OPERANDS
-            }
-            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Cast(_) | Op::Clamp { .. } => supported_dtypes(node),
-            Op::Reduce { .. } => supported_dtypes(node) && rank <= MAX_RANK,
-            Op::MatMul { .. } => float_out(node) && rank >= 2,
-            Op::Softmax { axis } | Op::LogSoftmax { axis } => {
-                float_out(node) && normalize_axis(*axis, rank) == Some(rank.saturating_sub(1))
-            }
-            Op::RmsNorm { .. } | Op::LayerNorm { .. } => float_out(node),
-            Op::Sdpa(_) => float_out(node),
-            Op::Gather { .. } => supported_dtypes(node),
-            Op::Dequantize { .. } | Op::QuantMatMul { .. } => float_out(node),
-            Op::Reshape { .. }
-            | Op::Squeeze { .. }
-            | Op::Unsqueeze { .. }
-            | Op::Transpose { .. }
-            | Op::Expand { .. }
-            | Op::Slice { .. }
-            | Op::Concat { .. }
-            | Op::Split { .. } => supported_dtypes(node) && rank <= MAX_RANK,
-            _ => false,
-        }
+        supports_node(node)
     }
 
     fn supports_fusion(&self) -> bool {
@@ -1173,7 +1238,9 @@ impl Backend for CudaBackend {
                     let shape = out_shape(node, 0)?;
                     let k = *shape.last().ok_or_else(|| err("dequantize output has rank 0"))?;
                     let rows: usize = shape[..shape.len() - 1].iter().product();
-                    let w = self.contiguous(&inputs[0])?.reshape(&[rows, inputs[0].numel() / rows.max(1)])?;
+                    let w = self
+                        .contiguous(&inputs[0])?
+                        .reshape(&[rows, inputs[0].numel() / rows.max(1)])?;
                     one(self.dequantize(node, &w, *format, k)?.reshape(&shape)?)
                 }
                 Op::QuantMatMul { format } => one(self.quant_matmul(node, &inputs[0], &inputs[1], *format)?),

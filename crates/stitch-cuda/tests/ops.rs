@@ -520,7 +520,12 @@ fn dequantize_and_quant_matmul_every_format() {
             let (got, want, fb) = both(&g, &[y, d], &ins, CompileOptions::default());
             assert_eq!(fb, 0, "{format:?}");
             check(&got[1..], &want[1..], 1e-6, &format!("dequantize {format:?}"));
-            check(&got[..1], &want[..1], 1e-5, &format!("quant_matmul {format:?} rows {rows}"));
+            check(
+                &got[..1],
+                &want[..1],
+                1e-5,
+                &format!("quant_matmul {format:?} rows {rows}"),
+            );
         }
     }
 }

@@ -2376,8 +2376,13 @@ impl Model {
                 }
             }
         }
-        // A value needed statically needs its producer's inputs too (shape arithmetic).
+        // A value needed statically needs its producer's inputs too (shape
+        // arithmetic), except through ops that read only their input's shape:
+        // the given values fix the shapes without binding the inputs.
         for n in g.node.iter().rev() {
+            if matches!(n.op_type(), "Shape" | "Size") {
+                continue;
+            }
             if n.output.iter().any(|o| needs_value.contains(o.as_str())) {
                 for i in &n.input {
                     needs_value.insert(i.as_str());

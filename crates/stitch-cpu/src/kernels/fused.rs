@@ -122,6 +122,8 @@ impl Compute for f32 {
             UnaryOp::Tanh => simd_math::tanh_f32(a, dst),
             UnaryOp::Sigmoid => simd_math::sigmoid_f32(a, dst),
             UnaryOp::Silu => simd_math::silu_f32(a, dst),
+            UnaryOp::Erf => simd_math::erf_f32(a, dst),
+            UnaryOp::Gelu => simd_math::gelu_f32(a, dst),
             _ => return false,
         }
         true

@@ -25,10 +25,21 @@ trait Acc: Copy + Send + Sync + Add<Output = Self> + Sub<Output = Self> + Mul<Ou
     fn max(self, other: Self) -> Self;
     fn of(v: f64) -> Self;
     fn wide(self) -> f64;
+    /// `dst[i] = exp(src[i])`; vectorised for f32.
+    #[inline]
+    fn exp_slice(src: &[Self], dst: &mut [Self]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s.exp();
+        }
+    }
 }
 
 impl Acc for f32 {
     const NEG_INF: Self = f32::NEG_INFINITY;
+    #[inline]
+    fn exp_slice(src: &[f32], dst: &mut [f32]) {
+        super::simd_math::exp_f32(src, dst)
+    }
     #[inline]
     fn exp(self) -> Self {
         f32::exp(self)
@@ -121,11 +132,35 @@ pub fn softmax(x: &Tensor, axis: i64, log: bool) -> Result<Tensor> {
 fn softmax_row<T: NormElem>(x: &[T], y: &mut [T], scratch: &mut [T::A], log: bool) {
     let m = x.iter().fold(T::A::NEG_INF, |m, &v| m.max(v.to_acc()));
     let mut sum = 0f64;
-    for (s, &v) in scratch.iter_mut().zip(x) {
-        let d = v.to_acc() - m;
-        let e = d.exp();
-        sum += e.wide();
-        *s = if log { d } else { e };
+    if log {
+        for (s, &v) in scratch.iter_mut().zip(x) {
+            let d = v.to_acc() - m;
+            sum += d.exp().wide();
+            *s = d;
+        }
+    } else {
+        // x - max into y's accumulators, then one vectorised exp pass.
+        let n = x.len();
+        if scratch.len() >= 2 * n {
+            let (d, e) = scratch.split_at_mut(n);
+            for (s, &v) in d.iter_mut().zip(x) {
+                *s = v.to_acc() - m;
+            }
+            T::A::exp_slice(d, &mut e[..n]);
+            for s in &e[..n] {
+                sum += s.wide();
+            }
+            let inv = T::A::of(1.0 / sum);
+            for (o, &v) in y.iter_mut().zip(e[..n].iter()) {
+                *o = T::from_acc(v * inv);
+            }
+            return;
+        }
+        for (s, &v) in scratch.iter_mut().zip(x) {
+            let e = (v.to_acc() - m).exp();
+            sum += e.wide();
+            *s = e;
+        }
     }
     if log {
         let l = T::A::of(sum.ln());
@@ -191,7 +226,7 @@ fn softmax_t<T: NormElem>(x: &Tensor, ax: usize, log: bool) -> Result<Tensor> {
     let y = new_tensor::<T>(x.dtype(), &shape, |dst| {
         if inner == 1 {
             par_rows(dst, n, |first, chunk| {
-                T::A::with_scratch(n, |scratch| {
+                T::A::with_scratch(2 * n, |scratch| {
                     for (r, row) in chunk.chunks_mut(n).enumerate() {
                         softmax_row(&src[(first + r) * n..][..n], row, scratch, log);
                     }

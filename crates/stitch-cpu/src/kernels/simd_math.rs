@@ -56,6 +56,22 @@ pub fn sigmoid_f32(src: &[f32], dst: &mut [f32]) {
     dispatch::<Sigmoid>(src, dst)
 }
 
+/// `erf(x)` for each element of `src`, into `dst` (relative error about 1e-7).
+///
+/// # Panics
+/// If `src` and `dst` have different lengths.
+pub fn erf_f32(src: &[f32], dst: &mut [f32]) {
+    dispatch::<Erf>(src, dst)
+}
+
+/// `x/2 · (1 + erf(x/√2))` (exact GELU) for each element of `src`, into `dst`.
+///
+/// # Panics
+/// If `src` and `dst` have different lengths.
+pub fn gelu_f32(src: &[f32], dst: &mut [f32]) {
+    dispatch::<Gelu>(src, dst)
+}
+
 /// `x * sigmoid(x)` for each element of `src`, into `dst`.
 ///
 /// # Panics
@@ -223,6 +239,42 @@ impl Kernel for Silu {
         let num = if neg { x * p } else { x };
         let k = if neg { k } else { 0 };
         ldexp(num / d, k)
+    }
+}
+
+/// erf(x) as x·P(x²)/Q(x²) on [-4, 4] (the rational minimax form used by
+/// XLA and Eigen for f32; |erf(x)| rounds to 1 beyond 4). Relative error about
+/// 6.5e-8 in exact arithmetic, a few f32 ulps as evaluated; NaN stays NaN.
+#[inline(always)]
+fn erf_lane<M: MulAdd>(x: f32) -> f32 {
+    let x = clamp(x, -4.0, 4.0);
+    let x2 = x * x;
+    let p = M::mul_add(x2, -2.726_142_2e-10, 2.770_681_4e-8);
+    let p = M::mul_add(p, x2, -2.101_024e-6);
+    let p = M::mul_add(p, x2, -5.692_506_4e-5);
+    let p = M::mul_add(p, x2, -7.349_906_3e-4);
+    let p = M::mul_add(p, x2, -2.954_600_1e-3);
+    let p = M::mul_add(p, x2, -1.609_603_3e-2);
+    let q = M::mul_add(x2, -1.456_607_2e-5, -2.133_740_6e-4);
+    let q = M::mul_add(q, x2, -1.682_827e-3);
+    let q = M::mul_add(q, x2, -7.373_329e-3);
+    let q = M::mul_add(q, x2, -1.426_474e-2);
+    x * (p / q)
+}
+
+struct Erf;
+impl Kernel for Erf {
+    #[inline(always)]
+    fn lane<M: MulAdd>(x: f32) -> f32 {
+        erf_lane::<M>(x)
+    }
+}
+
+struct Gelu;
+impl Kernel for Gelu {
+    #[inline(always)]
+    fn lane<M: MulAdd>(x: f32) -> f32 {
+        0.5 * x * (1.0 + erf_lane::<M>(x * std::f32::consts::FRAC_1_SQRT_2))
     }
 }
 
@@ -492,6 +544,38 @@ mod tests {
         let xs = sweep();
         for l in levels() {
             check::<Silu>("silu", l, &xs, silu_ref, 5e-7);
+        }
+    }
+
+    #[test]
+    fn erf_is_within_5e7_relative_of_f64_over_the_f32_range() {
+        let xs = sweep();
+        for l in levels() {
+            check::<Erf>("erf", l, &xs, libm::erf, 5e-7);
+        }
+    }
+
+    #[test]
+    fn gelu_matches_f64_to_f32_rounding_of_its_terms() {
+        // 1 + erf(x/√2) cancels for very negative x in any f32 evaluation, so
+        // the bound is absolute in |x|: |got - ref| <= 3e-7·max(|x|, 1).
+        let xs: Vec<f32> = sweep().into_iter().filter(|x| x.abs() < 1e6).collect();
+        for l in levels() {
+            let mut got = vec![0.0f32; xs.len()];
+            run::<Gelu>(l, &xs, &mut got);
+            for (&x, &g) in xs.iter().zip(&got) {
+                let xd = x as f64;
+                let r = 0.5 * xd * (1.0 + libm::erf(xd * std::f64::consts::FRAC_1_SQRT_2));
+                if r.is_nan() {
+                    assert!(g.is_nan());
+                    continue;
+                }
+                let err = (g as f64 - r).abs();
+                assert!(
+                    err <= 3e-7 * xd.abs().max(1.0),
+                    "gelu({x:e}) = {g:e}, expected {r:e} at {l:?}"
+                );
+            }
         }
     }
 
