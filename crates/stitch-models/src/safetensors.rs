@@ -22,7 +22,7 @@
 //! holds no decoder of its own: it only feeds [`crate::llama::build`].
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -290,7 +290,9 @@ fn parse_config(json: &Json, path: &str) -> Result<HfConfig> {
         }
     };
     if head_dim == 0 || !head_dim.is_multiple_of(2) {
-        return Err(c.err(format!("the head size {head_dim} must be even and positive (RoPE rotates pairs)")));
+        return Err(c.err(format!(
+            "the head size {head_dim} must be even and positive (RoPE rotates pairs)"
+        )));
     }
     let llama = LlamaConfig {
         n_layers: c.usize("num_hidden_layers")?,
@@ -403,11 +405,7 @@ impl Shard {
             let why = diagnose_header(&map[8..data_start], map.len() - data_start).unwrap_or_else(|| e.to_string());
             Error::format(&name, 8, format!("invalid safetensors header: {why}"))
         })?;
-        let tensors = metadata
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| (k, v.clone()))
-            .collect();
+        let tensors = metadata.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
         Ok(Shard {
             path: name,
             map: Arc::new(map),
@@ -625,7 +623,9 @@ impl HfModel {
             if let Some(g) = optional_json("generation_config.json")? {
                 let p = dir.join("generation_config.json").display().to_string();
                 let reader = ConfigReader {
-                    obj: g.as_object().ok_or_else(|| Error::invalid(format!("{p}: expected a JSON object")))?,
+                    obj: g
+                        .as_object()
+                        .ok_or_else(|| Error::invalid(format!("{p}: expected a JSON object")))?,
                     path: &p,
                 };
                 let more = reader.ids("eos_token_id")?;
@@ -778,8 +778,7 @@ impl View for &F32View {
 }
 
 fn write_json(path: &Path, value: &Json) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
     std::fs::write(path, text + "\n").map_err(|e| Error::Io {
         path: path.display().to_string(),
         source: e,
@@ -825,7 +824,9 @@ pub fn write_hf_dir(dir: &Path, cfg: &LlamaConfig, weights: &dyn WeightSource, t
     )
     .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
 
-    let eog: Vec<u32> = tokenizer.eos().into_iter().chain(tokenizer.eog_ids().iter().copied()).collect::<BTreeSet<_>>().into_iter().collect();
+    // The main EOS first (readers take it as the EOS), then the other end-of-generation ids.
+    let mut eog: Vec<u32> = tokenizer.eos().into_iter().collect();
+    eog.extend(tokenizer.eog_ids().iter().filter(|&&i| Some(i) != tokenizer.eos()));
     write_json(
         &dir.join("config.json"),
         &json!({
@@ -973,7 +974,11 @@ mod tests {
         for h in 0..v.len() / hd {
             for i in 0..hd {
                 let t = pos * 10000f64.powf(-2.0 * (i % half) as f64 / hd as f64);
-                let rot = if i < half { -v[h * hd + i + half] } else { v[h * hd + i - half] };
+                let rot = if i < half {
+                    -v[h * hd + i + half]
+                } else {
+                    v[h * hd + i - half]
+                };
                 out[h * hd + i] = v[h * hd + i] as f64 * t.cos() + rot as f64 * t.sin();
             }
         }
@@ -1021,9 +1026,18 @@ mod tests {
     #[test]
     fn names_map_to_the_hugging_face_layout() {
         assert_eq!(hf_name("token_embd.weight").unwrap(), "model.embed_tokens.weight");
-        assert_eq!(hf_name("blk.11.attn_k.weight").unwrap(), "model.layers.11.self_attn.k_proj.weight");
-        assert_eq!(hf_name("blk.0.ffn_norm.weight").unwrap(), "model.layers.0.post_attention_layernorm.weight");
-        assert_eq!(hf_name("blk.3.ffn_down.weight").unwrap(), "model.layers.3.mlp.down_proj.weight");
+        assert_eq!(
+            hf_name("blk.11.attn_k.weight").unwrap(),
+            "model.layers.11.self_attn.k_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight").unwrap(),
+            "model.layers.0.post_attention_layernorm.weight"
+        );
+        assert_eq!(
+            hf_name("blk.3.ffn_down.weight").unwrap(),
+            "model.layers.3.mlp.down_proj.weight"
+        );
         assert_eq!(hf_name("output.weight").unwrap(), "lm_head.weight");
         assert!(hf_name("blk.x.attn_q.weight").is_none() && hf_name("rope_freqs.weight").is_none());
     }
@@ -1055,7 +1069,11 @@ mod tests {
             let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
             let st = SafeTensors::deserialize(&bytes).unwrap();
             let q = st.tensor("model.layers.1.self_attn.q_proj.weight").unwrap();
-            let q: Vec<f32> = q.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+            let q: Vec<f32> = q
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
             let g = src.0["blk.1.attn_q.weight"].to_vec::<f32>().unwrap();
             let d = cfg.dim;
             assert_eq!(&q[2 * d..3 * d], &g[d..2 * d]);
@@ -1160,7 +1178,10 @@ mod tests {
         // Shorter than the header length itself.
         std::fs::write(&path, &full[..5]).unwrap();
         let err = HfModel::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("model.safetensors") && err.contains("8-byte header length"), "{err}");
+        assert!(
+            err.contains("model.safetensors") && err.contains("8-byte header length"),
+            "{err}"
+        );
         // Cut inside the data: the last tensor runs past the end.
         std::fs::write(&path, &full[..full.len() - 12]).unwrap();
         let err = HfModel::open(dir.path()).unwrap_err().to_string();
@@ -1175,8 +1196,16 @@ mod tests {
         let cases: [(&str, Vec<(&str, Json)>, &str); 5] = [
             ("intermediate_size", vec![], "`intermediate_size` is missing"),
             ("", vec![("model_type", json!("gpt2"))], "`model_type` is `gpt2`"),
-            ("", vec![("architectures", json!(["MistralForCausalLM"]))], "`architectures`"),
-            ("", vec![("hidden_size", json!(-3))], "`hidden_size` must be a non-negative integer"),
+            (
+                "",
+                vec![("architectures", json!(["MistralForCausalLM"]))],
+                "`architectures`",
+            ),
+            (
+                "",
+                vec![("hidden_size", json!(-3))],
+                "`hidden_size` must be a non-negative integer",
+            ),
             ("", vec![("rope_scaling", json!({"type": "linear"}))], "`rope_scaling`"),
         ];
         for (drop, set, want) in cases {
@@ -1209,7 +1238,10 @@ mod tests {
                 .iter()
                 .map(|(n, v)| (n.as_str(), RawView(v.0, v.1.clone(), v.2.clone())))
                 .collect();
-            write_raw(&dir.path().join(format!("model-0000{}-of-00002.safetensors", i + 1)), &refs);
+            write_raw(
+                &dir.path().join(format!("model-0000{}-of-00002.safetensors", i + 1)),
+                &refs,
+            );
         }
         let index = dir.path().join("model.safetensors.index.json");
         std::fs::write(&index, json!({ "weight_map": map }).to_string()).unwrap();
@@ -1217,11 +1249,17 @@ mod tests {
         let Some(Weight::Dense(t)) = m.weight("blk.1.ffn_up.weight").unwrap() else {
             panic!("dense")
         };
-        assert_eq!(t.to_vec::<f32>().unwrap(), src.0["blk.1.ffn_up.weight"].to_vec::<f32>().unwrap());
+        assert_eq!(
+            t.to_vec::<f32>().unwrap(),
+            src.0["blk.1.ffn_up.weight"].to_vec::<f32>().unwrap()
+        );
         assert!(m.tokenizer().unwrap_err().to_string().contains("tokenizer.json"));
         map.insert("model.norm.weight".into(), json!("../elsewhere.safetensors"));
         std::fs::write(&index, json!({ "weight_map": map }).to_string()).unwrap();
         let err = HfModel::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("../elsewhere.safetensors") && err.contains("plain name"), "{err}");
+        assert!(
+            err.contains("../elsewhere.safetensors") && err.contains("plain name"),
+            "{err}"
+        );
     }
 }

@@ -109,7 +109,11 @@ fn tokenizer_json_gives_the_gguf_tokenizer_ids_and_special_tokens() {
     for text in &texts {
         let want = gguf.encode(text, true).unwrap();
         assert_eq!(hf.encode(text, true).unwrap(), want, "ids of {text:?}");
-        assert_eq!(hf.decode(&want).unwrap(), gguf.decode(&want).unwrap(), "text of {text:?}");
+        assert_eq!(
+            hf.decode(&want).unwrap(),
+            gguf.decode(&want).unwrap(),
+            "text of {text:?}"
+        );
     }
     let special = hf.encode("<|im_start|><|im_end|>", false).unwrap();
     assert_eq!(special.len(), 2, "special tokens are matched whole: {special:?}");
