@@ -1193,7 +1193,9 @@ mod tests {
     fn config_errors_name_the_field() {
         let cfg = tiny_cfg();
         let dir = dir_with("", RawView(Dtype::F32, vec![], vec![]));
-        let cases: [(&str, Vec<(&str, Json)>, &str); 5] = [
+        // (field to drop, fields to set, what the error must say)
+        type Case<'a> = (&'a str, Vec<(&'a str, Json)>, &'a str);
+        let cases: [Case; 5] = [
             ("intermediate_size", vec![], "`intermediate_size` is missing"),
             ("", vec![("model_type", json!("gpt2"))], "`model_type` is `gpt2`"),
             (
