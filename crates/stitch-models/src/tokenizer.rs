@@ -23,6 +23,7 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 use crate::gguf::{Gguf, Value};
 
 /// A tokenizer with its special ids.
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos: Option<u32>,
@@ -144,6 +145,34 @@ impl Tokenizer {
         })
     }
 
+    /// Sets the special ids a model's config names (Hugging Face keeps them in
+    /// config.json, generation_config.json and tokenizer_config.json rather
+    /// than in tokenizer.json): `eos` ids join the end-of-generation set, the
+    /// first becoming [`Tokenizer::eos`]. Without `add_bos`, BOS is prepended
+    /// when the tokenizer's own post-processor would prepend it.
+    pub fn set_special_ids(&mut self, bos: Option<u32>, eos: &[u32], add_bos: Option<bool>) {
+        if bos.is_some() {
+            self.bos = bos;
+        }
+        if let Some(&first) = eos.first() {
+            self.eos = Some(first);
+        }
+        self.eog.extend(eos.iter().copied());
+        self.add_bos = match (add_bos, self.bos) {
+            (Some(on), _) => on,
+            (None, Some(b)) => self
+                .inner
+                .encode("", true)
+                .is_ok_and(|e| e.get_ids().first() == Some(&b)),
+            (None, None) => false,
+        };
+    }
+
+    /// The tokenizer as a Hugging Face `tokenizer.json` document.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(true).map_err(terr)
+    }
+
     /// Token ids of `text`. Special tokens written in the text are recognised;
     /// `add_bos` prepends the BOS token when the model asks for it.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
@@ -169,9 +198,21 @@ impl Tokenizer {
     pub fn eos(&self) -> Option<u32> {
         self.eos
     }
+    /// The BOS id, if the vocabulary has one.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+    /// True when [`Tokenizer::encode`] prepends BOS (if asked to).
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos
+    }
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+    /// The id of a token given by its text, as stored.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
     }
     /// The text of one token, as stored.
     pub fn token(&self, id: u32) -> Option<String> {
