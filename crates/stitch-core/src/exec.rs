@@ -29,6 +29,13 @@ pub trait Backend: Send + Sync {
     /// makes the compiler decompose it; for a primitive, `false` is an error
     /// until placement with fallback exists.
     fn supports(&self, node: &Node) -> bool;
+    /// Like [`Backend::supports`], knowing the types of the node's inputs (the
+    /// compiler asks this once shapes are concrete), so a backend can decline
+    /// by input dtype or rank. Defaults to `supports`.
+    fn supports_inputs(&self, node: &Node, inputs: &[TensorType]) -> bool {
+        let _ = inputs;
+        self.supports(node)
+    }
     /// Whether the backend evaluates fused regions (`Op::Fused`); if so the
     /// compiler fuses elementwise chains for it.
     fn supports_fusion(&self) -> bool {
@@ -175,6 +182,11 @@ impl Probe for Recorder<'_> {
         self.start = self.now();
         Ok(())
     }
+}
+
+/// The types of `node`'s inputs in `graph`.
+fn input_types_of(graph: &Graph, node: &Node) -> smallvec::SmallVec<[TensorType; 4]> {
+    node.inputs.iter().map(|v| graph.ty(*v).clone()).collect()
 }
 
 /// Options for [`Executable::compile`].
@@ -439,7 +451,8 @@ impl Executable {
         let primary = self.backends[0].clone();
         let backend = primary.clone();
         let decompose_all = self.options.decompose_all;
-        let keep = move |n: &Node| !decompose_all && backend.supports(n);
+        let concrete_ref = &concrete;
+        let keep = move |n: &Node| !decompose_all && backend.supports_inputs(n, &input_types_of(concrete_ref, n));
         report.decomposed = concrete
             .nodes()
             .iter()
@@ -458,7 +471,10 @@ impl Executable {
         let (graph, outputs) = passes::dce::dce(&graph, &outputs)?;
         report.nodes_after.push(("dce", graph.nodes().len()));
         let (graph, outputs) = if self.options.fuse && !self.options.decompose_all && primary.supports_fusion() {
-            let (g, o, stats) = passes::fuse::fuse_where(&graph, &outputs, &|n| primary.supports(n))?;
+            let gr = &graph;
+            let (g, o, stats) = passes::fuse::fuse_where(&graph, &outputs, &|n| {
+                primary.supports_inputs(n, &input_types_of(gr, n))
+            })?;
             report.fusion = stats;
             report.nodes_after.push(("fuse", g.nodes().len()));
             (g, o)
@@ -471,7 +487,7 @@ impl Executable {
             &graph,
             &outputs,
             backends.len(),
-            &|b, n| backends[b].supports(n),
+            &|b, n| backends[b].supports_inputs(n, &input_types_of(&graph, n)),
             &names,
         )?;
         report.placement = placement.stats;

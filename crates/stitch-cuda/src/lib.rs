@@ -1140,6 +1140,54 @@ pub fn supports_node(node: &Node) -> bool {
     }
 }
 
+/// Input-type checks on top of [`supports_node`]: dtypes the kernels handle,
+/// operand ranks, and integer forms of float-only ops.
+pub fn supports_input_types(node: &Node, inputs: &[stitch_core::TensorType]) -> bool {
+    use stitch_core::ops::UnaryOp as U;
+    let dt = |k: usize| inputs.get(k).map(|t| t.dtype);
+    let all_c = inputs.iter().all(|t| codegen::c_type(t.dtype).is_some());
+    let f32_in = |k: usize| dt(k) == Some(DType::F32);
+    match &node.op {
+        Op::Fused(r) => {
+            all_c && {
+                let dts: Vec<DType> = inputs.iter().map(|t| t.dtype).collect();
+                codegen::region_kernel(r, &dts, "probe").is_ok()
+            }
+        }
+        Op::Unary(u) => {
+            all_c
+                && (matches!(u, U::Neg | U::Abs | U::Relu | U::Sign | U::Not)
+                    || dt(0).is_some_and(|d| d.is_float()))
+        }
+        Op::Binary(b) => {
+            let float = dt(0).is_some_and(|d| d.is_float());
+            all_c
+                && match b {
+                    BinaryOp::Pow | BinaryOp::Fmod => float,
+                    BinaryOp::Mod => dt(0) != Some(DType::Bool),
+                    _ => true,
+                }
+        }
+        Op::Where | Op::Cast(_) | Op::Clamp { .. } | Op::Reduce { .. } => all_c,
+        Op::MatMul { .. } => {
+            f32_in(0) && f32_in(1) && inputs.iter().all(|t| t.shape.rank() >= 2)
+        }
+        Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::RmsNorm { .. } | Op::LayerNorm { .. } => {
+            inputs.iter().all(|t| t.dtype == DType::F32)
+        }
+        Op::Sdpa(_) => {
+            (0..3).all(|k| f32_in(k) && inputs[k].shape.rank() == 4)
+                && inputs
+                    .get(3)
+                    .is_none_or(|m| matches!(m.dtype, DType::Bool | DType::F32) && m.shape.rank() <= 4)
+        }
+        Op::Gather { .. } => codegen::c_type(inputs[0].dtype).is_some() && matches!(dt(1), Some(DType::I64 | DType::I32)),
+        Op::Dequantize { .. } => dt(0) == Some(DType::U8),
+        Op::QuantMatMul { .. } => f32_in(0) && dt(1) == Some(DType::U8),
+        _ => all_c,
+    }
+}
+
 /// A stand-in with the CUDA backend's name and op coverage, for tables made
 /// where no GPU exists (`stitch ops`); it cannot execute anything.
 #[derive(Debug, Default)]
@@ -1171,6 +1219,10 @@ impl Backend for CudaBackend {
 
     fn supports(&self, node: &Node) -> bool {
         supports_node(node)
+    }
+
+    fn supports_inputs(&self, node: &Node, inputs: &[stitch_core::TensorType]) -> bool {
+        supports_node(node) && supports_input_types(node, inputs)
     }
 
     fn supports_fusion(&self) -> bool {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use stitch_core::Tensor;
@@ -91,8 +91,21 @@ pub fn compare(name: &str, got: &Tensor, want: &Tensor) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one case directory (no panic catching; see [`run_isolated`]).
+/// Makes the backends a case is compiled for (primary first).
+pub type Backends = Arc<dyn Fn() -> Vec<Arc<dyn stitch_core::Backend>> + Send + Sync>;
+
+/// The CPU backend alone.
+pub fn cpu_backends() -> Backends {
+    Arc::new(|| vec![Arc::new(stitch_cpu::CpuBackend::new()) as Arc<dyn stitch_core::Backend>])
+}
+
+/// Runs one case directory on the CPU (no panic catching; see [`run_isolated`]).
 pub fn run_case(dir: &Path) -> Outcome {
+    run_case_on(dir, &cpu_backends())
+}
+
+/// Runs one case directory on the backends `backends` makes.
+pub fn run_case_on(dir: &Path, backends: &Backends) -> Outcome {
     let data = dir.join("test_data_set_0");
     let inputs = match read_pbs(&data, "input") {
         Ok(v) => v,
@@ -132,7 +145,8 @@ pub fn run_case(dir: &Path) -> Outcome {
         Ok(m) => m,
         Err(e) => return Outcome::Unsupported(e.to_string()),
     };
-    let exe = match model.compile_cpu() {
+    let outputs: Vec<stitch_core::Value> = model.outputs.iter().map(|(_, v)| *v).collect();
+    let exe = match stitch_core::Executable::compile_placed(&model.graph, &outputs, backends(), Default::default()) {
         Ok(e) => e,
         Err(e) => return Outcome::Unsupported(e.to_string()),
     };
@@ -154,12 +168,17 @@ pub fn run_case(dir: &Path) -> Outcome {
 
 /// Runs a case on its own thread, catching panics, with a timeout.
 pub fn run_isolated(dir: PathBuf, timeout: Duration) -> Outcome {
+    run_isolated_on(dir, timeout, cpu_backends())
+}
+
+/// [`run_isolated`] on the backends `backends` makes.
+pub fn run_isolated_on(dir: PathBuf, timeout: Duration, backends: Backends) -> Outcome {
     let (tx, rx) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("onnx-case".into())
         .stack_size(64 << 20)
         .spawn(move || {
-            let r = std::panic::catch_unwind(AssertUnwindSafe(|| run_case(&dir)));
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| run_case_on(&dir, &backends)));
             let _ = tx.send(r);
         });
     if let Err(e) = spawned {
@@ -193,8 +212,18 @@ pub fn cases(root: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(v)
 }
 
-/// Runs every case under `root` on `threads` workers.
+/// Runs every case under `root` on `threads` workers, on the CPU.
 pub fn run_all(root: &Path, threads: usize, timeout: Duration) -> std::io::Result<BTreeMap<String, Outcome>> {
+    run_all_on(root, threads, timeout, cpu_backends())
+}
+
+/// [`run_all`] on the backends `backends` makes.
+pub fn run_all_on(
+    root: &Path,
+    threads: usize,
+    timeout: Duration,
+    backends: Backends,
+) -> std::io::Result<BTreeMap<String, Outcome>> {
     let cases = cases(root)?;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = std::sync::Mutex::new(BTreeMap::new());
@@ -206,7 +235,7 @@ pub fn run_all(root: &Path, threads: usize, timeout: Duration) -> std::io::Resul
                 if std::env::var_os("STITCH_CONFORMANCE_TRACE").is_some() {
                     eprintln!("case {name}");
                 }
-                let o = run_isolated(dir.clone(), timeout);
+                let o = run_isolated_on(dir.clone(), timeout, backends.clone());
                 if let Ok(mut r) = results.lock() {
                     r.insert(name.clone(), o);
                 }
