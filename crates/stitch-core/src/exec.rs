@@ -451,14 +451,13 @@ impl Executable {
         let primary = self.backends[0].clone();
         let backend = primary.clone();
         let decompose_all = self.options.decompose_all;
-        let concrete_ref = &concrete;
-        let keep = move |n: &Node| !decompose_all && backend.supports_inputs(n, &input_types_of(concrete_ref, n));
+        let keep = move |g: &Graph, n: &Node| !decompose_all && backend.supports_inputs(n, &input_types_of(g, n));
         report.decomposed = concrete
             .nodes()
             .iter()
-            .filter(|n| n.op.is_composite() && !keep(n))
+            .filter(|n| n.op.is_composite() && !keep(&concrete, n))
             .count();
-        let (graph, outputs) = passes::decompose::decompose(&concrete, &outputs, &keep)?;
+        let (graph, outputs) = passes::decompose::decompose_in(&concrete, &outputs, &keep)?;
         report.nodes_after.push(("decompose", graph.nodes().len()));
         let (graph, outputs) = passes::dce::dce(&graph, &outputs)?;
         let (graph, outputs, folded) =

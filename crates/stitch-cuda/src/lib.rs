@@ -118,13 +118,16 @@ pub fn devices() -> Result<Vec<DeviceInfo>> {
 
 /// Device memory of one tensor.
 pub struct CudaMem {
+    /// At least one byte (CUDA allocates nothing smaller).
     slice: CudaSlice<u8>,
+    /// Bytes the tensor owns (0 for an empty tensor).
+    len: usize,
     ordinal: usize,
 }
 
 impl std::fmt::Debug for CudaMem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CudaMem(cuda:{}, {} bytes)", self.ordinal, self.slice.len())
+        write!(f, "CudaMem(cuda:{}, {} bytes)", self.ordinal, self.len)
     }
 }
 
@@ -133,7 +136,7 @@ impl DeviceMemory for CudaMem {
         format!("cuda:{}", self.ordinal)
     }
     fn len(&self) -> usize {
-        self.slice.len()
+        self.len
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
@@ -265,7 +268,8 @@ impl CudaBackend {
     /// that says how much was asked and how much is free.
     pub fn alloc(&self, dtype: DType, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        let bytes = (n * dtype.size_in_bytes()).max(1);
+        let len = n * dtype.size_in_bytes();
+        let bytes = len.max(1);
         // SAFETY: the memory is written by a kernel or a copy before it is read.
         let slice = unsafe { self.stream.alloc::<u8>(bytes) }.map_err(|e| {
             let (free, total) = self.ctx.mem_get_info().unwrap_or((0, 0));
@@ -281,6 +285,7 @@ impl CudaBackend {
         Tensor::from_device(
             Arc::new(CudaMem {
                 slice,
+                len,
                 ordinal: self.ordinal,
             }),
             dtype,

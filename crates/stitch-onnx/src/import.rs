@@ -142,6 +142,20 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "IsInf",
 ];
 
+/// Every name the nodes of `g` (and their nested subgraphs) read.
+fn collect_graph_inputs<'a>(g: &'a onnx::GraphProto, out: &mut HashSet<&'a str>) {
+    for n in &g.node {
+        for i in &n.input {
+            out.insert(i.as_str());
+        }
+        for a in &n.attribute {
+            if let Some(sub) = a.g.as_ref() {
+                collect_graph_inputs(sub, out);
+            }
+        }
+    }
+}
+
 /// Largest tensor (elements) the importer computes or creates as a constant.
 const MAX_FOLD_ELEMENTS: usize = 1 << 28;
 
@@ -2377,15 +2391,31 @@ impl Model {
             }
         }
         // A value needed statically needs its producer's inputs too (shape
-        // arithmetic), except through ops that read only their input's shape:
-        // the given values fix the shapes without binding the inputs.
+        // arithmetic). Through Shape and Size only the input's *shape* is
+        // needed: a graph input's shape is fixed by its given value without
+        // binding it, while an intermediate's shape needs the values of its
+        // producer's shape-determining inputs and the shapes of the others.
+        let mut needs_shape: HashSet<&str> = HashSet::new();
         for n in g.node.iter().rev() {
-            if matches!(n.op_type(), "Shape" | "Size") {
-                continue;
-            }
-            if n.output.iter().any(|o| needs_value.contains(o.as_str())) {
+            let value = n.output.iter().any(|o| needs_value.contains(o.as_str()));
+            let shape = n.output.iter().any(|o| needs_shape.contains(o.as_str()));
+            if value && !matches!(n.op_type(), "Shape" | "Size") {
                 for i in &n.input {
                     needs_value.insert(i.as_str());
+                }
+                // Control flow reads outer values inside its subgraphs.
+                for a in &n.attribute {
+                    if let Some(sub) = a.g.as_ref() {
+                        collect_graph_inputs(sub, &mut needs_value);
+                    }
+                }
+            } else if value || shape {
+                for (k, i) in n.input.iter().enumerate() {
+                    if matches!(n.op_type(), "Shape" | "Size") || !static_input(n.op_type(), k) {
+                        needs_shape.insert(i.as_str());
+                    } else {
+                        needs_value.insert(i.as_str());
+                    }
                 }
             }
         }

@@ -11,7 +11,17 @@ use crate::graph::{Graph, Node, Value};
 /// may itself use composites, e.g. layer_norm uses rsqrt). Returns the new graph
 /// and `outputs` mapped into it.
 pub fn decompose(graph: &Graph, outputs: &[Value], keep: &dyn Fn(&Node) -> bool) -> Result<(Graph, Vec<Value>)> {
-    let pending = |g: &Graph| g.nodes().iter().any(|n| n.op.is_composite() && !keep(n));
+    decompose_in(graph, outputs, &|_, n| keep(n))
+}
+
+/// [`decompose`] with `keep(graph, node)` told the graph the node lives in (to
+/// look up its input types; decomposition builds new graphs round by round).
+pub fn decompose_in(
+    graph: &Graph,
+    outputs: &[Value],
+    keep: &dyn Fn(&Graph, &Node) -> bool,
+) -> Result<(Graph, Vec<Value>)> {
+    let pending = |g: &Graph| g.nodes().iter().any(|n| n.op.is_composite() && !keep(g, n));
     if !pending(graph) {
         return Ok((graph.clone(), outputs.to_vec()));
     }
@@ -27,9 +37,13 @@ pub fn decompose(graph: &Graph, outputs: &[Value], keep: &dyn Fn(&Node) -> bool)
     ))
 }
 
-fn decompose_once(graph: &Graph, outputs: &[Value], keep: &dyn Fn(&Node) -> bool) -> Result<(Graph, Vec<Value>)> {
+fn decompose_once(
+    graph: &Graph,
+    outputs: &[Value],
+    keep: &dyn Fn(&Graph, &Node) -> bool,
+) -> Result<(Graph, Vec<Value>)> {
     super::rebuild(graph, outputs, |out, node, inputs| {
-        if node.op.is_composite() && !keep(node) {
+        if node.op.is_composite() && !keep(graph, node) {
             out.push_scope(&node.name);
             let produced = node.op.decompose(out, inputs);
             out.pop_scope();
