@@ -1962,6 +1962,16 @@ impl Ctx {
             return Err(format!("axis {axis} out of range for {t}"));
         }
         let stash = dtype_from_onnx(a.i("stash_type", 1) as i32).unwrap_or(DType::F32);
+        // Only Y used (the usual case): stitch's layer_norm op, which backends
+        // run as one fused kernel (statistics in f32 or wider, as stash_type 1).
+        let only_y = n.output.iter().skip(1).all(|o| o.is_empty());
+        if only_y && t.dtype == DType::F32 && stash == DType::F32 {
+            let y = self
+                .g
+                .layer_norm(x, scale, bias, ax, a.f("epsilon", 1e-5) as f64)
+                .map_err(|e| e.to_string())?;
+            return Ok(vec![y]);
+        }
         let axes: Vec<i64> = (ax..rank).collect();
         let xs = self.cast_to(x, stash)?;
         let mean = self.reduce(xs, ReduceOp::Mean, axes.clone(), true)?;
