@@ -73,12 +73,27 @@ pub trait Backend: Send + Sync {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// Profiling on devices: records a timing marker in the backend's queue
+    /// (a CUDA event) and returns its handle; `None` (the default) means the
+    /// backend has no markers and the profiler synchronises instead.
+    fn record_marker(&self) -> Result<Option<usize>> {
+        Ok(None)
+    }
+    /// Nanoseconds from marker `from` to each of `markers` (waiting for them to
+    /// complete), then forgets every marker recorded so far.
+    fn marker_elapsed_ns(&self, from: usize, markers: &[usize]) -> Result<Vec<u64>> {
+        let _ = (from, markers);
+        Err(Error::invalid(format!(
+            "backend {} records no timing markers",
+            self.name()
+        )))
+    }
 }
 
 /// Observes the executor's steps. The ordinary run path uses [`NoProbe`],
 /// whose methods are empty and inlined away: no timing calls in a plain run.
 trait Probe {
-    fn begin(&mut self);
+    fn begin(&mut self, exe: &Executable, plan: &Plan, node: usize) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
     fn end(
         &mut self,
@@ -95,18 +110,25 @@ struct NoProbe;
 
 impl Probe for NoProbe {
     #[inline(always)]
-    fn begin(&mut self) {}
+    fn begin(&mut self, _: &Executable, _: &Plan, _: usize) -> Result<()> {
+        Ok(())
+    }
     #[inline(always)]
     fn end(&mut self, _: &Executable, _: &Plan, _: usize, _: usize, _: &[Tensor], _: &[Tensor]) -> Result<()> {
         Ok(())
     }
 }
 
-/// Times every step (see [`crate::profile`]).
+/// Times every step (see [`crate::profile`]). Host steps are timed with the
+/// host clock; steps on a backend with timing markers (CUDA events) get a
+/// marker before and after, resolved into device times after the run.
 struct Recorder<'a> {
     origin: std::time::Instant,
     start: u64,
+    start_marker: Option<usize>,
     out: &'a mut Vec<crate::profile::StepRecord>,
+    /// (record index, backend, start marker, end marker) of device steps.
+    marked: Vec<(usize, usize, usize, usize)>,
 }
 
 impl Recorder<'_> {
@@ -115,9 +137,37 @@ impl Recorder<'_> {
     }
 }
 
+impl Recorder<'_> {
+    /// Replaces the host times of marked device steps by device times, anchored
+    /// at the host time of each backend's first marked step.
+    fn resolve(&mut self, exe: &Executable) -> Result<()> {
+        for b in 0..exe.backends.len() {
+            let mine: Vec<&(usize, usize, usize, usize)> = self.marked.iter().filter(|m| m.1 == b).collect();
+            let Some(first) = mine.first() else { continue };
+            let from = first.2;
+            let anchor = self.out[first.0].start_ns;
+            let markers: Vec<usize> = mine.iter().flat_map(|m| [m.2, m.3]).collect();
+            let ns = exe.backends[b].marker_elapsed_ns(from, &markers)?;
+            for (k, m) in mine.iter().enumerate() {
+                let r = &mut self.out[m.0];
+                r.start_ns = anchor + ns[2 * k];
+                r.end_ns = (anchor + ns[2 * k + 1]).max(r.start_ns);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Probe for Recorder<'_> {
-    fn begin(&mut self) {
+    fn begin(&mut self, exe: &Executable, plan: &Plan, i: usize) -> Result<()> {
         self.start = self.now();
+        let backend = &exe.backends[plan.devices[i]];
+        self.start_marker = if backend.is_host() {
+            None
+        } else {
+            backend.record_marker()?
+        };
+        Ok(())
     }
     fn end(
         &mut self,
@@ -132,7 +182,13 @@ impl Probe for Recorder<'_> {
         let node = &plan.graph.nodes()[i];
         let dev = plan.devices[i];
         let backend = &exe.backends[dev];
-        backend.synchronize()?;
+        let end_marker = match self.start_marker {
+            Some(_) => backend.record_marker()?,
+            None => None,
+        };
+        if end_marker.is_none() {
+            backend.synchronize()?;
+        }
         let end = self.now();
         let host = |d: usize| exe.backends[d].is_host();
         let (kind, bytes, device) = match &node.op {
@@ -178,6 +234,9 @@ impl Probe for Recorder<'_> {
             flops: crate::profile::flops(node, args, outs),
             members,
         });
+        if let (Some(s), Some(e)) = (self.start_marker, end_marker) {
+            self.marked.push((self.out.len() - 1, dev, s, e));
+        }
         // Recording is not part of the next step.
         self.start = self.now();
         Ok(())
@@ -592,9 +651,12 @@ impl Executable {
         let mut rec = Recorder {
             origin: std::time::Instant::now(),
             start: 0,
+            start_marker: None,
             out: steps,
+            marked: Vec::new(),
         };
-        self.run_with(inputs, state, outputs, &mut rec)
+        self.run_with(inputs, state, outputs, &mut rec)?;
+        rec.resolve(self)
     }
 
     fn run_with<P: Probe + Send>(
@@ -727,7 +789,7 @@ impl Executable {
         remaining.extend_from_slice(&plan.uses);
         for (step, &i) in plan.steps.iter().enumerate() {
             let node = &g.nodes()[i];
-            probe.begin();
+            probe.begin(self, plan, i)?;
             args.clear();
             for v in &node.inputs {
                 let idx = plan.value_base[v.node.0 as usize] + v.output as usize;

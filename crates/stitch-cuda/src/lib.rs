@@ -159,6 +159,8 @@ pub struct CudaBackend {
     cache: KernelCache,
     /// Scratch flag for gather's out-of-range check.
     flag: Mutex<CudaSlice<i32>>,
+    /// Timing events recorded by the profiler (see `Backend::record_marker`).
+    markers: Mutex<Vec<cudarc::driver::CudaEvent>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -251,6 +253,7 @@ impl CudaBackend {
             functions: Mutex::new(HashMap::new()),
             cache: KernelCache::from_env(),
             flag: Mutex::new(flag),
+            markers: Mutex::new(Vec::new()),
         })
     }
 
@@ -401,9 +404,7 @@ impl CudaBackend {
             let kept_shape: Vec<usize> = order[..kept].iter().map(|&a| iter[a]).collect();
             let cs = contiguous_strides(&kept_shape);
             debug_assert_eq!(t.numel(), kept_shape.iter().product::<usize>());
-            for k in 0..kept {
-                meta.strides[inputs.len() + o][k] = cs[k];
-            }
+            meta.strides[inputs.len() + o][..kept].copy_from_slice(&cs[..kept]);
         }
         let n_kept: usize = order[..kept].iter().map(|&a| iter[a]).product();
         let n_red: usize = order[kept..].iter().map(|&a| iter[a]).product();
@@ -413,10 +414,12 @@ impl CudaBackend {
             return Ok(outs.into_iter().collect());
         }
         let name = "st_region";
-        let f = match self.functions.lock().map_err(|_| err("CUDA: poisoned"))?.get(&key) {
-            Some(f) => Some(f.clone()),
-            None => None,
-        };
+        let f = self
+            .functions
+            .lock()
+            .map_err(|_| err("CUDA: poisoned"))?
+            .get(&key)
+            .cloned();
         let f = match f {
             Some(f) => f,
             None => {
@@ -1160,9 +1163,7 @@ pub fn supports_input_types(node: &Node, inputs: &[stitch_core::TensorType]) -> 
             }
         }
         Op::Unary(u) => {
-            all_c
-                && (matches!(u, U::Neg | U::Abs | U::Relu | U::Sign | U::Not)
-                    || dt(0).is_some_and(|d| d.is_float()))
+            all_c && (matches!(u, U::Neg | U::Abs | U::Relu | U::Sign | U::Not) || dt(0).is_some_and(|d| d.is_float()))
         }
         Op::Binary(b) => {
             let float = dt(0).is_some_and(|d| d.is_float());
@@ -1174,9 +1175,7 @@ pub fn supports_input_types(node: &Node, inputs: &[stitch_core::TensorType]) -> 
                 }
         }
         Op::Where | Op::Cast(_) | Op::Clamp { .. } | Op::Reduce { .. } => all_c,
-        Op::MatMul { .. } => {
-            f32_in(0) && f32_in(1) && inputs.iter().all(|t| t.shape.rank() >= 2)
-        }
+        Op::MatMul { .. } => f32_in(0) && f32_in(1) && inputs.iter().all(|t| t.shape.rank() >= 2),
         Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::RmsNorm { .. } | Op::LayerNorm { .. } => {
             inputs.iter().all(|t| t.dtype == DType::F32)
         }
@@ -1186,7 +1185,9 @@ pub fn supports_input_types(node: &Node, inputs: &[stitch_core::TensorType]) -> 
                     .get(3)
                     .is_none_or(|m| matches!(m.dtype, DType::Bool | DType::F32) && m.shape.rank() <= 4)
         }
-        Op::Gather { .. } => codegen::c_type(inputs[0].dtype).is_some() && matches!(dt(1), Some(DType::I64 | DType::I32)),
+        Op::Gather { .. } => {
+            codegen::c_type(inputs[0].dtype).is_some() && matches!(dt(1), Some(DType::I64 | DType::I32))
+        }
         Op::Dequantize { .. } => dt(0) == Some(DType::U8),
         Op::QuantMatMul { .. } => f32_in(0) && dt(1) == Some(DType::U8),
         _ => all_c,
@@ -1438,6 +1439,38 @@ impl Backend for CudaBackend {
 
     fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| err(format!("CUDA: {e}")))
+    }
+
+    fn record_marker(&self) -> Result<Option<usize>> {
+        let ev = self
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| err(format!("CUDA: cannot create a timing event: {e}")))?;
+        ev.record(&self.stream)
+            .map_err(|e| err(format!("CUDA: cannot record a timing event: {e}")))?;
+        let mut m = self.markers.lock().map_err(|_| err("CUDA: poisoned"))?;
+        m.push(ev);
+        Ok(Some(m.len() - 1))
+    }
+
+    fn marker_elapsed_ns(&self, from: usize, markers: &[usize]) -> Result<Vec<u64>> {
+        let mut m = self.markers.lock().map_err(|_| err("CUDA: poisoned"))?;
+        self.stream.synchronize().map_err(|e| err(format!("CUDA: {e}")))?;
+        let base = m
+            .get(from)
+            .ok_or_else(|| err(format!("CUDA: no timing marker {from}")))?;
+        let out = markers
+            .iter()
+            .map(|&k| {
+                let ev = m.get(k).ok_or_else(|| err(format!("CUDA: no timing marker {k}")))?;
+                let ms = base
+                    .elapsed_ms(ev)
+                    .map_err(|e| err(format!("CUDA: cannot read a timing event: {e}")))?;
+                Ok((f64::from(ms) * 1e6).max(0.0) as u64)
+            })
+            .collect::<Result<Vec<u64>>>();
+        m.clear();
+        out
     }
 }
 

@@ -24,7 +24,12 @@ fn list(text: &str) -> Vec<&str> {
 
 fn gpu_backends() -> Backends {
     let cuda: Arc<dyn Backend> = Arc::new(CudaBackend::new(0).expect("a CUDA GPU"));
-    Arc::new(move || vec![cuda.clone(), Arc::new(stitch_cpu::CpuBackend::new()) as Arc<dyn Backend>])
+    Arc::new(move || {
+        vec![
+            cuda.clone(),
+            Arc::new(stitch_cpu::CpuBackend::new()) as Arc<dyn Backend>,
+        ]
+    })
 }
 
 #[test]

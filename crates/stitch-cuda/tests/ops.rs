@@ -466,6 +466,15 @@ fn profiler_on_the_gpu_sees_fallbacks_and_copies() {
     assert!(steps
         .iter()
         .any(|s| s.device == "cuda:0" && s.kind == StepKind::Fused || s.kind == StepKind::Kernel));
+    // GPU steps are timed with CUDA events: in stream order, not overlapping,
+    // and within the run.
+    let gpu: Vec<_> = steps.iter().filter(|s| s.device == "cuda:0").collect();
+    for w in gpu.windows(2) {
+        assert!(w[1].start_ns + 1_000 >= w[0].end_ns, "{:?} then {:?}", w[0], w[1]);
+    }
+    let last_end = steps.iter().map(|s| s.end_ns).max().unwrap();
+    assert!(gpu.iter().all(|s| s.end_ns >= s.start_ns && s.end_ns <= last_end));
+    assert!(gpu.iter().any(|s| s.duration_ns() > 0));
 }
 
 #[test]
