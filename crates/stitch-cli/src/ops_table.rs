@@ -198,7 +198,7 @@ pub fn markdown(backends: &[&dyn Backend]) -> String {
     );
     let _ = writeln!(
         s,
-        "- **kernel**: the backend has a kernel for this primitive op.\n- **fused kernel**: a composite op the backend runs in one kernel.\n- **decomposed**: a composite op the compiler rewrites into primitive ops for this backend.\n- **executor**: sources and state, handled by the executor itself.\n"
+        "- **kernel**: the backend has a kernel for this primitive op.\n- **fused kernel**: a composite op the backend runs in one kernel.\n- **decomposed**: a composite op the compiler rewrites into primitive ops for this backend.\n- **executor**: sources and state, handled by the executor itself.\n- **CPU fallback**: no kernel on this backend; placement runs the op on the CPU with counted copies.\n"
     );
     let mut header = "| family | op |".to_string();
     let mut rule = "|---|---|".to_string();
@@ -213,8 +213,13 @@ pub fn markdown(backends: &[&dyn Backend]) -> String {
             continue;
         }
         let _ = write!(s, "| {family} | `{}` |", op.kind());
-        for b in backends {
-            let _ = write!(s, " {} |", coverage(*b, &op));
+        for (i, b) in backends.iter().enumerate() {
+            let c = match coverage(*b, &op) {
+                // Later backends run with the first (the CPU) as their fallback.
+                "missing" if i > 0 => "CPU fallback",
+                c => c,
+            };
+            let _ = write!(s, " {c} |");
         }
         s.push('\n');
     }

@@ -401,7 +401,16 @@ impl Gguf {
                 )
             })?;
             let offset = r.u64("tensor offset")?;
-            let rows = dims[1..].iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+            // Every partial product of the dims must fit (tensor code multiplies
+            // them in any order; a zero dim must not hide an overflow).
+            let fits = dims
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d.max(1)))
+                .is_some_and(|n| n <= isize::MAX as u64);
+            let rows = dims[1..]
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .filter(|_| fits);
             let bytes = rows
                 .and_then(|rows| ty.row_bytes(dims[0]).and_then(|rb| rb.checked_mul(rows)))
                 .ok_or_else(|| {
@@ -638,6 +647,17 @@ impl GgufWriter {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn dims_whose_product_overflows_are_an_error_not_a_panic() {
+        // Found by the fuzzer: a zero dim hid an overflowing product of the others.
+        let bytes = include_bytes!("../fuzz/seeds/gguf/overflowing-dims.gguf").to_vec();
+        if let Ok(g) = Gguf::from_bytes(bytes) {
+            for t in g.tensors().to_vec() {
+                let _ = g.tensor(&t.name);
+            }
+        }
+    }
     use super::*;
 
     fn sample() -> Vec<u8> {
