@@ -100,9 +100,25 @@ pub fn load_onnx(args: &RunArgs) -> Result<(Model, Vec<(String, Tensor)>), Strin
     })?;
     let given = gather_inputs(args, &declared)?;
     for (name, ty) in &declared {
-        if !given.iter().any(|(n, _)| n == name) {
+        let Some((_, t)) = given.iter().find(|(n, _)| n == name) else {
             return Err(format!(
                 "missing input '{name}' ({ty}); pass --input {name}=FILE.npy, --inputs FILE.npz or --random-inputs"
+            ));
+        };
+        // Given values fix the symbolic dims: check them against the declaration first.
+        let fits = t.dtype() == ty.dtype
+            && t.rank() == ty.shape.rank()
+            && ty
+                .shape
+                .dims()
+                .iter()
+                .zip(t.shape())
+                .all(|(d, &n)| d.known().is_none_or(|k| k == n));
+        if !fits {
+            return Err(format!(
+                "input '{name}' is {} {:?}; the model declares {ty}",
+                t.dtype(),
+                t.shape()
             ));
         }
     }

@@ -52,6 +52,11 @@ pub fn quant_code(f: stitch_core::QuantFormat) -> i32 {
     }
 }
 
+/// The `(format code, block elements, block bytes)` arguments of the quantized kernels.
+pub fn quant_args(f: stitch_core::QuantFormat) -> (i32, i32, i32) {
+    (quant_code(f), f.block_elems() as i32, f.block_bytes() as i32)
+}
+
 /// Rows of `x` up to which quantized matmul runs as a GEMV kernel (more rows
 /// expand the weight and use cuBLAS).
 pub const QUANT_GEMV_MAX_ROWS: usize = 8;

@@ -714,14 +714,12 @@ impl CudaBackend {
         let f = self.builtin(fname)?;
         let flag = self.flag.lock().map_err(|_| err("CUDA: poisoned"))?;
         let (pflag, _s) = flag.device_ptr(&self.stream);
-        // Clear the flag (4 bytes) by copying a zero from the host.
+        // Clear the flag itself (4 bytes) in stream order; `zero` outlives the
+        // copy because the flag is read back synchronously below.
         let zero = [0i32];
-        {
-            let mut fl = flag.clone();
-            self.stream
-                .memcpy_htod(&zero, &mut fl)
-                .map_err(|e| err(format!("CUDA: {e}")))?;
-        }
+        // SAFETY: `pflag` addresses the 4-byte flag allocation.
+        unsafe { cudarc::driver::result::memcpy_htod_async(pflag, &zero, self.stream.cu_stream()) }
+            .map_err(|e| err(format!("CUDA: {e}")))?;
         let (pd, pi, po) = (
             elem_ptr(&data, &self.stream)?,
             elem_ptr(&idx, &self.stream)?,
@@ -783,11 +781,7 @@ impl CudaBackend {
         let f = self.builtin("st_dequantize")?;
         let (pw, po) = (elem_ptr(&w, &self.stream)?, elem_ptr(&out, &self.stream)?);
         let (rows_i, k_i, rb_i) = (rows as i64, k as i64, row_bytes as i64);
-        let (fmt, be, bb) = (
-            kernels::quant_code(format),
-            format.block_elems() as i32,
-            format.block_bytes() as i32,
-        );
+        let (fmt, be, bb) = kernels::quant_args(format);
         let mut b = self.stream.launch_builder(&f);
         b.arg(&pw)
             .arg(&po)
@@ -845,11 +839,7 @@ impl CudaBackend {
             elem_ptr(&out, &self.stream)?,
         );
         let (rows_i, n_i, k_i, rb_i) = (rows as i64, n as i64, k as i64, w.shape()[1] as i64);
-        let (fmt, be, bb) = (
-            kernels::quant_code(format),
-            format.block_elems() as i32,
-            format.block_bytes() as i32,
-        );
+        let (fmt, be, bb) = kernels::quant_args(format);
         let mut b = self.stream.launch_builder(&f);
         b.arg(&px)
             .arg(&pw)
