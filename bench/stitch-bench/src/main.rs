@@ -18,6 +18,10 @@
 //!       # prefill of PROMPT_TOKENS seeded random token ids, then GEN_TOKENS greedy
 //!       # decode steps (EOS ignored); prints tokens/s and peak resident memory
 //!       # (see bench/llm.sh, which runs llama.cpp the same way)
+//!   stitch-bench gpu-attention DTYPE B H HK S T D CAUSAL ITERS
+//!       # one sdpa on the CUDA backend over device-resident inputs (see bench/gpu_attention.py)
+
+mod gpu;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -74,6 +78,7 @@ fn real_main() -> std::result::Result<(), String> {
             let fuse = !args.iter().any(|a| a == "--unfused");
             chain(&dir, runs, fuse).map_err(|e| e.to_string())
         }
+        Some("gpu-attention") => gpu::attention(&args[1..]),
         _ => Err(usage.to_string()),
     }
 }

@@ -72,8 +72,46 @@ pub fn c_type(d: DType) -> Option<&'static str> {
         DType::U32 => "unsigned int",
         DType::I64 => "long long",
         DType::U64 => "unsigned long long",
-        DType::F16 | DType::BF16 => return None,
+        // Stored as raw 16-bit patterns, computed in float (see `compute_type`).
+        DType::F16 | DType::BF16 => "unsigned short",
     })
+}
+
+/// The C type expressions of dtype `d` are computed in: `float` for the 16-bit
+/// floats (each result rounded to the dtype, as an unfused op would), else the
+/// storage type.
+pub fn compute_type(d: DType) -> Option<&'static str> {
+    match d {
+        DType::F16 | DType::BF16 => Some("float"),
+        d => c_type(d),
+    }
+}
+
+/// `e` (a float) rounded to `d` when `d` is a 16-bit float.
+fn round_to(d: DType, e: String) -> String {
+    match d {
+        DType::F16 => format!("st_rh({e})"),
+        DType::BF16 => format!("st_rb({e})"),
+        _ => e,
+    }
+}
+
+/// A load of `e` (storage type of `d`) as its compute type.
+fn load(d: DType, e: String) -> String {
+    match d {
+        DType::F16 => format!("st_h2f({e})"),
+        DType::BF16 => format!("st_b2f({e})"),
+        _ => e,
+    }
+}
+
+/// `e` (compute type of `d`) converted for storage.
+fn store(d: DType, e: String) -> String {
+    match d {
+        DType::F16 => format!("st_f2h({e})"),
+        DType::BF16 => format!("st_f2b({e})"),
+        _ => e,
+    }
 }
 
 const PRELUDE: &str = r#"
@@ -107,10 +145,26 @@ template <typename T> __device__ __forceinline__ T st_idiv(T a, T b) { return b 
 template <typename T> __device__ __forceinline__ T st_sign(T a) { return (T)((a > (T)0) - (a < (T)0)); }
 "#;
 
+/// Conversions between float and the 16-bit float storage types (round to
+/// nearest even), shared by generated and hand-written kernels.
+pub const HALF_PRELUDE: &str = r#"
+__device__ __forceinline__ float st_h2f(unsigned short b) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(b)); return f; }
+__device__ __forceinline__ unsigned short st_f2h(float f) { unsigned short b; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(b) : "f"(f)); return b; }
+__device__ __forceinline__ float st_b2f(unsigned short b) { return __uint_as_float(((unsigned int)b) << 16); }
+__device__ __forceinline__ unsigned short st_f2b(float f) {
+  const unsigned int u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+  return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+__device__ __forceinline__ float st_rh(float f) { return st_h2f(st_f2h(f)); }
+__device__ __forceinline__ float st_rb(float f) { return st_b2f(st_f2b(f)); }
+"#;
+
 fn literal(v: f64, d: DType) -> Result<String, String> {
     Ok(match d {
         DType::F32 => format!("__int_as_float({:#x})", (v as f32).to_bits() as i32),
         DType::F64 => format!("__longlong_as_double({:#x}ll)", v.to_bits() as i64),
+        DType::F16 | DType::BF16 => round_to(d, format!("__int_as_float({:#x})", (v as f32).to_bits() as i32)),
         DType::Bool => format!("(unsigned char){}", u8::from(v != 0.0)),
         d if d.is_int() => {
             let ty = c_type(d).ok_or_else(|| format!("no CUDA type for {d}"))?;
@@ -121,7 +175,7 @@ fn literal(v: f64, d: DType) -> Result<String, String> {
 }
 
 fn unary(op: UnaryOp, a: &str, d: DType) -> Result<String, String> {
-    let t = c_type(d).ok_or_else(|| format!("{} on {d}", op.name()))?;
+    let t = compute_type(d).ok_or_else(|| format!("{} on {d}", op.name()))?;
     let float = d.is_float();
     let need_float = || -> Result<(), String> {
         if float {
@@ -165,7 +219,7 @@ fn unary(op: UnaryOp, a: &str, d: DType) -> Result<String, String> {
 }
 
 fn binary(op: BinaryOp, a: &str, b: &str, d: DType) -> Result<String, String> {
-    let t = c_type(d).ok_or_else(|| format!("{} on {d}", op.name()))?;
+    let t = compute_type(d).ok_or_else(|| format!("{} on {d}", op.name()))?;
     let float = d.is_float();
     Ok(match op {
         BinaryOp::Add => format!("({t})({a} + {b})"),
@@ -193,7 +247,7 @@ fn binary(op: BinaryOp, a: &str, b: &str, d: DType) -> Result<String, String> {
 }
 
 fn cast(a: &str, from: DType, to: DType) -> Result<String, String> {
-    let t = c_type(to).ok_or_else(|| format!("cast to {to} is not supported by the CUDA backend"))?;
+    let t = compute_type(to).ok_or_else(|| format!("cast to {to} is not supported by the CUDA backend"))?;
     c_type(from).ok_or_else(|| format!("cast from {from} is not supported by the CUDA backend"))?;
     Ok(if to == DType::Bool {
         format!("(unsigned char)({a} != 0)")
@@ -229,6 +283,7 @@ pub fn region_kernel(region: &Region, inputs: &[DType], name: &str) -> Result<Ke
         ));
     }
     let mut s = String::from(PRELUDE);
+    s.push_str(HALF_PRELUDE);
     let _ = write!(s, "extern \"C\" __global__ void {name}(const Meta m");
     for (k, d) in inputs.iter().enumerate() {
         let t = c_type(*d).ok_or_else(|| format!("region input {k} has dtype {d}, not supported on CUDA"))?;
@@ -252,14 +307,14 @@ pub fn region_kernel(region: &Region, inputs: &[DType], name: &str) -> Result<Ke
     let body = |s: &mut String, indent: &str| -> Result<(), String> {
         for (i, e) in region.exprs.iter().enumerate() {
             let d = dtypes[i];
-            let t = c_type(d).ok_or_else(|| format!("expression {i} has dtype {d}, not supported on CUDA"))?;
+            let t = compute_type(d).ok_or_else(|| format!("expression {i} has dtype {d}, not supported on CUDA"))?;
             let v = match e {
-                Expr::Input(k) => format!("in{k}[off[{k}]]"),
+                Expr::Input(k) => load(d, format!("in{k}[off[{k}]]")),
                 Expr::Scalar(v, sd) => literal(*v, *sd)?,
-                Expr::Unary(op, a) => unary(*op, &format!("v{a}"), dtypes[*a])?,
-                Expr::Binary(op, a, b) => binary(*op, &format!("v{a}"), &format!("v{b}"), dtypes[*a])?,
+                Expr::Unary(op, a) => round_to(d, unary(*op, &format!("v{a}"), dtypes[*a])?),
+                Expr::Binary(op, a, b) => round_to(d, binary(*op, &format!("v{a}"), &format!("v{b}"), dtypes[*a])?),
                 Expr::Where(c, a, b) => format!("(v{c} ? v{a} : v{b})"),
-                Expr::Cast(to, a) => cast(&format!("v{a}"), dtypes[*a], *to)?,
+                Expr::Cast(to, a) => round_to(d, cast(&format!("v{a}"), dtypes[*a], *to)?),
             };
             let _ = writeln!(s, "{indent}const {t} v{i} = {v};");
         }
@@ -279,7 +334,8 @@ pub fn region_kernel(region: &Region, inputs: &[DType], name: &str) -> Result<Ke
             s.push_str("    }\n");
             body(&mut s, "    ")?;
             for (o, &e) in region.outputs.iter().enumerate() {
-                let _ = writeln!(s, "    out{o}[off[{}]] = v{e};", inputs.len() + o);
+                let v = store(dtypes[e], format!("v{e}"));
+                let _ = writeln!(s, "    out{o}[off[{}]] = {v};", inputs.len() + o);
             }
             s.push_str("  }\n}\n");
         }
@@ -353,7 +409,11 @@ pub fn region_kernel(region: &Region, inputs: &[DType], name: &str) -> Result<Ke
             } else {
                 "acc"
             };
-            let _ = writeln!(s, "  if (lane == 0) out0[base[{}]] = ({t})({fin});\n}}", inputs.len());
+            let v = match d {
+                DType::F16 | DType::BF16 => store(d, format!("(float)({fin})")),
+                _ => format!("({t})({fin})"),
+            };
+            let _ = writeln!(s, "  if (lane == 0) out0[base[{}]] = {v};\n}}", inputs.len());
         }
     }
     Ok(Kernel {
@@ -421,7 +481,13 @@ mod tests {
     #[test]
     fn unsupported_dtypes_and_ops_are_errors() {
         let r = region(vec![Expr::Input(0), Expr::Unary(UnaryOp::Exp, 0)], vec![1], None);
-        assert!(region_kernel(&r, &[DType::F16], "k").unwrap_err().contains("f16"));
+        // 16-bit floats: loaded to float, every result rounded back, stored as bits.
+        let h = region_kernel(&r, &[DType::F16], "k").unwrap().source;
+        assert!(h.contains("const float v0 = st_h2f(in0[off[0]]);"), "{h}");
+        assert!(h.contains("const float v1 = st_rh(exp(v0));"), "{h}");
+        assert!(h.contains("out0[off[1]] = st_f2h(v1);"), "{h}");
+        let b = region_kernel(&r, &[DType::BF16], "k").unwrap().source;
+        assert!(b.contains("st_rb(exp(v0))") && b.contains("st_f2b(v1)"), "{b}");
         assert!(region_kernel(&r, &[DType::I32], "k").unwrap_err().contains("exp"));
         let many: Vec<Expr> = (0..MAX_OPERANDS).map(Expr::Input).collect();
         let r = region(many, vec![0], None);

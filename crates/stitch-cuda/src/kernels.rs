@@ -76,8 +76,11 @@ __device__ __forceinline__ void st_scale_min_k4(int j, const unsigned char* q, i
   if (j < 4) { *sc = q[j] & 63; *m = q[j + 4] & 63; }
   else { *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4); *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
 }
-// Element j of one block of format `fmt` (codes as in quant_code()).
-__device__ float st_dq(int fmt, const unsigned char* b, int j) {
+// Element j of one block of format FMT (codes as in quant_code()); with FMT a
+// template constant every branch but one folds away.
+template <int FMT>
+__device__ __forceinline__ float st_dqt(const unsigned char* b, int j) {
+  constexpr int fmt = FMT;
   switch (fmt) {
     case 0: return st_f16(b) * (float)(signed char)b[2 + j];
     case 1: { const int q = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4); return st_f16(b) * (float)(q - 8); }
@@ -118,6 +121,78 @@ __device__ float st_dq(int fmt, const unsigned char* b, int j) {
     }
   }
 }
+
+// Element j of one block of format `fmt`, chosen at run time.
+__device__ float st_dq(int fmt, const unsigned char* b, int j) {
+  switch (fmt) {
+    case 0: return st_dqt<0>(b, j);
+    case 1: return st_dqt<1>(b, j);
+    case 2: return st_dqt<2>(b, j);
+    case 3: return st_dqt<3>(b, j);
+    case 4: return st_dqt<4>(b, j);
+    case 5: return st_dqt<5>(b, j);
+    case 6: return st_dqt<6>(b, j);
+    default: return st_dqt<7>(b, j);
+  }
+}
+
+// y[r, c] = sum_k x[r, k] * w[c, k] for up to 8 rows of x, packed rows of w in
+// format FMT (BE elements in BB bytes per block). One warp per output column;
+// each lane takes 32-element units: dequantizes them into registers once and
+// applies them to every row, reading x with 16-byte loads (x is contiguous and
+// 16-byte aligned, k a multiple of 32).
+template <int FMT, int BE, int BB>
+__device__ __forceinline__ void st_qgemv(const float* __restrict__ x, const unsigned char* __restrict__ w, float* __restrict__ y,
+                                         int rows, long long n, long long k, long long row_bytes) {
+  const long long col = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (col >= n) return;
+  const unsigned char* wr = w + col * row_bytes;
+  float acc[8];
+  #pragma unroll
+  for (int r = 0; r < 8; ++r) acc[r] = 0.f;
+  const long long units = k >> 5;
+  for (long long u = lane; u < units; u += 32) {
+    const long long e0 = u << 5;
+    const unsigned char* b = wr + (e0 / BE) * BB;
+    const int j0 = (int)(e0 % BE);
+    float wv[32];
+    #pragma unroll
+    for (int j = 0; j < 32; ++j) wv[j] = st_dqt<FMT>(b, j0 + j);
+    #pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      if (r < rows) {
+        const float4* xv = (const float4*)(x + r * k + e0);
+        float a = 0.f;
+        #pragma unroll
+        for (int q = 0; q < 8; ++q) {
+          const float4 t = xv[q];
+          a += wv[4 * q] * t.x + wv[4 * q + 1] * t.y + wv[4 * q + 2] * t.z + wv[4 * q + 3] * t.w;
+        }
+        acc[r] += a;
+      }
+    }
+  }
+  #pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    if (r < rows) {
+      float a = acc[r];
+      for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+      if (lane == 0) y[r * n + col] = a;
+    }
+  }
+}
+#define ST_QGEMV(F, BE, BB) \
+  extern "C" __global__ void st_qgemv_##F(const float* x, const unsigned char* w, float* y, int rows, long long n, long long k, long long rb) { \
+    st_qgemv<F, BE, BB>(x, w, y, rows, n, k, rb); }
+ST_QGEMV(0, 32, 34)
+ST_QGEMV(1, 32, 18)
+ST_QGEMV(2, 32, 20)
+ST_QGEMV(3, 32, 22)
+ST_QGEMV(4, 32, 24)
+ST_QGEMV(5, 256, 144)
+ST_QGEMV(6, 256, 176)
+ST_QGEMV(7, 256, 210)
 
 // out[r, c] = dequantized element c of packed row r.
 extern "C" __global__ void st_dequantize(const unsigned char* __restrict__ w, float* __restrict__ out, long long rows, long long k,
@@ -306,4 +381,364 @@ extern "C" __global__ void st_sdpa(const AttnMeta m, const float* __restrict__ q
     o[d] = acc * inv;
   }
 }
+"#;
+
+/// Queries per block of the tensor-core attention kernel (four warps of 16).
+pub const FLASH_BM: usize = 64;
+/// Keys per step of the tensor-core attention kernel.
+pub const FLASH_BN: usize = 64;
+/// Threads per block of the tensor-core attention kernel.
+pub const FLASH_THREADS: u32 = 128;
+
+/// Shapes and strides of a tensor-core attention launch (`repr(C)`, mirrored in
+/// [`ATTN_SOURCE`]). The head axis is contiguous in q, k and v.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlashMeta {
+    pub b: i64,
+    pub h: i64,
+    pub hk: i64,
+    pub s: i64,
+    pub t: i64,
+    /// Strides (elements) of q, k, v over batch, head and row.
+    pub qs: [i64; 3],
+    pub ks: [i64; 3],
+    pub vs: [i64; 3],
+    /// `scale · log2(e)`: scores are kept in base 2.
+    pub scale_log2: f32,
+    pub causal: i32,
+}
+
+// SAFETY: `repr(C)` plain numbers matching the CUDA struct `FlashMeta`.
+unsafe impl cudarc::driver::DeviceRepr for FlashMeta {}
+
+/// Threads per block of the split-KV attention kernel (four warps).
+pub const DECODE_THREADS: u32 = 128;
+/// Largest head size (of q·k and of v) the split-KV kernel takes.
+pub const DECODE_MAX_D: usize = 256;
+/// Queries up to which f32 attention uses the split-KV kernel (and 16-bit
+/// attention never the tensor-core one).
+pub const DECODE_MAX_S: usize = 16;
+
+/// Shapes, strides and split of a split-KV attention launch (`repr(C)`, mirrored
+/// in [`ATTN_SOURCE`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DecodeMeta {
+    pub b: i64,
+    pub h: i64,
+    pub hk: i64,
+    pub s: i64,
+    pub t: i64,
+    pub d: i64,
+    pub dv: i64,
+    pub qs: [i64; 4],
+    pub ks: [i64; 4],
+    pub vs: [i64; 4],
+    pub ms: [i64; 4],
+    /// Keys per split.
+    pub chunk: i64,
+    pub scale: f32,
+    pub causal: i32,
+    /// 0: no mask, 1: bool (keep where true), 2/3/4: additive f32/f16/bf16.
+    pub mask_kind: i32,
+    pub splits: i32,
+}
+
+// SAFETY: `repr(C)` plain numbers matching the CUDA struct `DecodeMeta`.
+unsafe impl cudarc::driver::DeviceRepr for DecodeMeta {}
+
+/// The attention kernels for 16-bit floats and long key sequences:
+///
+/// * `st_flash_{f16,bf16}_{64,128}`: prefill attention on tensor cores
+///   (`mma.sync` m16n8k16, f32 accumulation) with an online softmax; one block
+///   of four warps per 64 queries of one (batch, head), K/V tiles of 64 keys
+///   staged in shared memory with 16-byte loads. Causal (bottom-right) and not,
+///   grouped-query heads. Needs sm_80 or newer.
+/// * `st_decode_part_{f32,f16,bf16}` + `st_decode_join_*`: split-KV attention
+///   for few queries over a long cache: the keys are cut into `splits` chunks,
+///   each block computes one (query row, chunk) partial (max, sum, weighted V)
+///   with one warp per key and lanes over the head, and the join kernel
+///   combines the chunks. Any head size up to 256, masks, causal.
+pub const ATTN_SOURCE: &str = r#"
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+struct FlashMeta {
+  long long b, h, hk, s, t;
+  long long qs[3], ks[3], vs[3];
+  float scale_log2;
+  int causal;
+};
+
+template <bool BF> __device__ __forceinline__ unsigned int st_pack2(float lo, float hi) {
+  unsigned int r;
+  if (BF) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
+template <bool BF> __device__ __forceinline__ void st_mma(float* c, const unsigned int* a, const unsigned int* b) {
+  if (BF)
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Fragment layouts of mma.m16n8k16 (PTX ISA): lane = 4 * g + tg.
+//   A (16x16, row-major): reg0 = (row g, cols 2tg..+1), reg1 = (row g+8, same),
+//                         reg2 = (row g, cols 2tg+8..+9), reg3 = (row g+8, same).
+//   B (16x8, k-major):    reg0 = (k 2tg..+1, col g), reg1 = (k 2tg+8..+9, col g).
+//   C (16x8, f32):        c0,c1 = (row g, cols 2tg..+1), c2,c3 = (row g+8, same).
+// C of two adjacent 8-key score tiles is exactly the A fragment of P for the
+// next product, so probabilities never leave registers.
+template <bool BF, int D>
+__device__ __forceinline__ void st_flash(const FlashMeta m, const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,
+                                         const unsigned short* __restrict__ v, unsigned short* __restrict__ out) {
+  constexpr int BM = 64, BN = 64, LD = D + 8;
+  extern __shared__ uint4 st_smem[];
+  unsigned short* ks = (unsigned short*)st_smem;
+  unsigned short* vs = ks + BN * LD;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
+  const long long bh = blockIdx.y;
+  const long long hh = bh % m.h, bb = bh / m.h;
+  const long long hk = hh / (m.h / m.hk);
+  const long long q0 = (long long)blockIdx.x * BM;
+  const unsigned short* qb = q + bb * m.qs[0] + hh * m.qs[1];
+  const unsigned short* kb = k + bb * m.ks[0] + hk * m.ks[1];
+  const unsigned short* vb = v + bb * m.vs[0] + hk * m.vs[1];
+  const long long r0 = q0 + warp * 16 + g, r1 = r0 + 8;
+  unsigned int qf[D / 16][4];
+  #pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    const int c = kk * 16 + tg * 2;
+    qf[kk][0] = r0 < m.s ? *(const unsigned int*)(qb + r0 * m.qs[2] + c) : 0u;
+    qf[kk][1] = r1 < m.s ? *(const unsigned int*)(qb + r1 * m.qs[2] + c) : 0u;
+    qf[kk][2] = r0 < m.s ? *(const unsigned int*)(qb + r0 * m.qs[2] + c + 8) : 0u;
+    qf[kk][3] = r1 < m.s ? *(const unsigned int*)(qb + r1 * m.qs[2] + c + 8) : 0u;
+  }
+  float o[D / 8][4];
+  #pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+  float mx0 = -INFINITY, mx1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+  const long long shift = m.t - m.s;
+  long long kend = m.t;
+  if (m.causal && q0 + BM + shift < kend) kend = q0 + BM + shift;
+  for (long long k0 = 0; k0 < kend; k0 += BN) {
+    __syncthreads();
+    for (int c = threadIdx.x; c < BN * D / 8; c += blockDim.x) {
+      const int row = c / (D / 8), col = (c % (D / 8)) * 8;
+      const long long key = k0 + row;
+      uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = kv;
+      if (key < m.t) {
+        kv = *(const uint4*)(kb + key * m.ks[2] + col);
+        vv = *(const uint4*)(vb + key * m.vs[2] + col);
+      }
+      *(uint4*)(ks + row * LD + col) = kv;
+      *(uint4*)(vs + row * LD + col) = vv;
+    }
+    __syncthreads();
+    float sc[BN / 8][4];
+    #pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+      #pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const unsigned short* kr = ks + (nt * 8 + g) * LD + kk * 16 + tg * 2;
+        const unsigned int bf[2] = {*(const unsigned int*)kr, *(const unsigned int*)(kr + 8)};
+        st_mma<BF>(sc[nt], qf[kk], bf);
+      }
+    }
+    float nm0 = mx0, nm1 = mx1;
+    #pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const long long key = k0 + nt * 8 + tg * 2 + (e & 1);
+        const long long row = e < 2 ? r0 : r1;
+        float x = sc[nt][e] * m.scale_log2;
+        if (key >= m.t || (m.causal && key > row + shift)) x = -INFINITY;
+        sc[nt][e] = x;
+        if (e < 2) nm0 = fmaxf(nm0, x); else nm1 = fmaxf(nm1, x);
+      }
+    }
+    nm0 = fmaxf(nm0, __shfl_xor_sync(0xffffffffu, nm0, 1));
+    nm0 = fmaxf(nm0, __shfl_xor_sync(0xffffffffu, nm0, 2));
+    nm1 = fmaxf(nm1, __shfl_xor_sync(0xffffffffu, nm1, 1));
+    nm1 = fmaxf(nm1, __shfl_xor_sync(0xffffffffu, nm1, 2));
+    const float a0 = nm0 == -INFINITY ? 1.f : exp2f(mx0 - nm0);
+    const float a1 = nm1 == -INFINITY ? 1.f : exp2f(mx1 - nm1);
+    mx0 = nm0;
+    mx1 = nm1;
+    float ps0 = 0.f, ps1 = 0.f;
+    #pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float mm = e < 2 ? mx0 : mx1;
+        const float p = mm == -INFINITY ? 0.f : exp2f(sc[nt][e] - mm);
+        sc[nt][e] = p;
+        if (e < 2) ps0 += p; else ps1 += p;
+      }
+    }
+    l0 = l0 * a0 + ps0;
+    l1 = l1 * a1 + ps1;
+    #pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      o[dt][0] *= a0; o[dt][1] *= a0; o[dt][2] *= a1; o[dt][3] *= a1;
+    }
+    #pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const unsigned int pa[4] = {st_pack2<BF>(sc[2 * kk][0], sc[2 * kk][1]), st_pack2<BF>(sc[2 * kk][2], sc[2 * kk][3]),
+                                  st_pack2<BF>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]), st_pack2<BF>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+      #pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        const unsigned short* vc = vs + (kk * 16 + tg * 2) * LD + dt * 8 + g;
+        const unsigned int bf[2] = {(unsigned int)vc[0] | ((unsigned int)vc[LD] << 16),
+                                    (unsigned int)vc[8 * LD] | ((unsigned int)vc[9 * LD] << 16)};
+        st_mma<BF>(o[dt], pa, bf);
+      }
+    }
+  }
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  // A row with every key masked has l = 0: 0 / 0 gives NaN, as the definition does.
+  const float i0 = 1.f / l0, i1 = 1.f / l1;
+  unsigned short* ob = out + bh * m.s * D;
+  #pragma unroll
+  for (int dt = 0; dt < D / 8; ++dt) {
+    const int col = dt * 8 + tg * 2;
+    if (r0 < m.s) *(unsigned int*)(ob + r0 * D + col) = st_pack2<BF>(o[dt][0] * i0, o[dt][1] * i0);
+    if (r1 < m.s) *(unsigned int*)(ob + r1 * D + col) = st_pack2<BF>(o[dt][2] * i1, o[dt][3] * i1);
+  }
+}
+#define ST_FLASH(NAME, BF, D) \
+  extern "C" __global__ void __launch_bounds__(128) NAME(const FlashMeta m, const unsigned short* q, const unsigned short* k, \
+                                                         const unsigned short* v, unsigned short* out) { \
+    st_flash<BF, D>(m, q, k, v, out); }
+ST_FLASH(st_flash_f16_64, false, 64)
+ST_FLASH(st_flash_f16_128, false, 128)
+ST_FLASH(st_flash_bf16_64, true, 64)
+ST_FLASH(st_flash_bf16_128, true, 128)
+
+struct DecodeMeta {
+  long long b, h, hk, s, t, d, dv;
+  long long qs[4], ks[4], vs[4], ms[4];
+  long long chunk;
+  float scale;
+  int causal;
+  int mask_kind;
+  int splits;
+};
+
+// Element i of a tensor of dtype DT (0: f32, 1: f16, 2: bf16) as float.
+template <int DT> __device__ __forceinline__ float st_ldx(const void* p, long long i) {
+  if (DT == 0) return ((const float*)p)[i];
+  if (DT == 1) return st_h2f(((const unsigned short*)p)[i]);
+  return st_b2f(((const unsigned short*)p)[i]);
+}
+
+// One block per (query row, key chunk): four warps take keys in turn, the
+// lanes of a warp split the head; results go to po [rows, splits, dv] (not yet
+// divided by the sum) and pml [rows, splits, 2] (max, sum).
+template <int DT>
+__device__ __forceinline__ void st_decode_part(const DecodeMeta m, const void* __restrict__ q, const void* __restrict__ k,
+                                               const void* __restrict__ v, const void* __restrict__ mask,
+                                               float* __restrict__ po, float* __restrict__ pml) {
+  __shared__ float qsh[256];
+  __shared__ float wm[4], wl[4];
+  __shared__ float wo[4][256];
+  const long long row = blockIdx.x;
+  const int split = blockIdx.y;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const long long i = row % m.s, hh = (row / m.s) % m.h, bb = row / (m.s * m.h);
+  const long long hk = hh / (m.h / m.hk);
+  const long long qo = bb * m.qs[0] + hh * m.qs[1] + i * m.qs[2];
+  for (int dd = threadIdx.x; dd < m.d; dd += blockDim.x) qsh[dd] = st_ldx<DT>(q, qo + dd * m.qs[3]) * m.scale;
+  __syncthreads();
+  const long long kbase = bb * m.ks[0] + hk * m.ks[1], vbase = bb * m.vs[0] + hk * m.vs[1];
+  long long end = (split + 1) * m.chunk;
+  if (end > m.t) end = m.t;
+  if (m.causal && i + (m.t - m.s) + 1 < end) end = i + (m.t - m.s) + 1;
+  float mw = -INFINITY, lw = 0.f, acc[8];
+  #pragma unroll
+  for (int c = 0; c < 8; ++c) acc[c] = 0.f;
+  for (long long j = split * m.chunk + warp; j < end; j += 4) {
+    float p = 0.f;
+    for (long long dd = lane; dd < m.d; dd += 32) p += qsh[dd] * st_ldx<DT>(k, kbase + j * m.ks[2] + dd * m.ks[3]);
+    for (int o = 16; o > 0; o >>= 1) p += __shfl_xor_sync(0xffffffffu, p, o);
+    if (m.mask_kind != 0) {
+      const long long mo = bb * m.ms[0] + hh * m.ms[1] + i * m.ms[2] + j * m.ms[3];
+      if (m.mask_kind == 1) { if (!((const unsigned char*)mask)[mo]) p = -INFINITY; }
+      else if (m.mask_kind == 2) p += ((const float*)mask)[mo];
+      else if (m.mask_kind == 3) p += st_h2f(((const unsigned short*)mask)[mo]);
+      else p += st_b2f(((const unsigned short*)mask)[mo]);
+    }
+    if (p == -INFINITY) continue;
+    const float nm = fmaxf(mw, p);
+    const float a = expf(mw - nm), e = expf(p - nm);
+    lw = lw * a + e;
+    #pragma unroll
+    for (int c = 0; c < 8; ++c) {
+      const long long dd = lane + 32 * c;
+      if (dd < m.dv) acc[c] = acc[c] * a + e * st_ldx<DT>(v, vbase + j * m.vs[2] + dd * m.vs[3]);
+    }
+    mw = nm;
+  }
+  if (lane == 0) { wm[warp] = mw; wl[warp] = lw; }
+  #pragma unroll
+  for (int c = 0; c < 8; ++c) if (lane + 32 * c < 256) wo[warp][lane + 32 * c] = acc[c];
+  __syncthreads();
+  const float M = fmaxf(fmaxf(wm[0], wm[1]), fmaxf(wm[2], wm[3]));
+  float f[4];
+  #pragma unroll
+  for (int w = 0; w < 4; ++w) f[w] = wm[w] == -INFINITY ? 0.f : expf(wm[w] - M);
+  const long long slot = row * m.splits + split;
+  for (int dd = threadIdx.x; dd < m.dv; dd += blockDim.x)
+    po[slot * m.dv + dd] = wo[0][dd] * f[0] + wo[1][dd] * f[1] + wo[2][dd] * f[2] + wo[3][dd] * f[3];
+  if (threadIdx.x == 0) {
+    pml[slot * 2] = M;
+    pml[slot * 2 + 1] = wl[0] * f[0] + wl[1] * f[1] + wl[2] * f[2] + wl[3] * f[3];
+  }
+}
+
+// out[row, :] = the chunks of one query row combined; out is contiguous [rows, dv].
+template <int DT>
+__device__ __forceinline__ void st_decode_join(const float* __restrict__ po, const float* __restrict__ pml, void* __restrict__ out,
+                                               int splits, long long dv) {
+  const long long row = blockIdx.x;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, pml[(row * splits + s) * 2]);
+  float L = 0.f;
+  for (int s = 0; s < splits; ++s) {
+    const float ms = pml[(row * splits + s) * 2];
+    L += ms == -INFINITY ? 0.f : pml[(row * splits + s) * 2 + 1] * expf(ms - M);
+  }
+  for (long long dd = threadIdx.x; dd < dv; dd += blockDim.x) {
+    float a = 0.f;
+    for (int s = 0; s < splits; ++s) {
+      const float ms = pml[(row * splits + s) * 2];
+      if (ms != -INFINITY) a += po[(row * splits + s) * dv + dd] * expf(ms - M);
+    }
+    const float r = a / L;
+    if (DT == 0) ((float*)out)[row * dv + dd] = r;
+    else if (DT == 1) ((unsigned short*)out)[row * dv + dd] = st_f2h(r);
+    else ((unsigned short*)out)[row * dv + dd] = st_f2b(r);
+  }
+}
+#define ST_DECODE(SUFFIX, DT) \
+  extern "C" __global__ void st_decode_part_##SUFFIX(const DecodeMeta m, const void* q, const void* k, const void* v, \
+                                                     const void* mask, float* po, float* pml) { \
+    st_decode_part<DT>(m, q, k, v, mask, po, pml); } \
+  extern "C" __global__ void st_decode_join_##SUFFIX(const float* po, const float* pml, void* out, int splits, long long dv) { \
+    st_decode_join<DT>(po, pml, out, splits, dv); }
+ST_DECODE(f32, 0)
+ST_DECODE(f16, 1)
+ST_DECODE(bf16, 2)
 "#;

@@ -9,9 +9,12 @@
 //! * Fused regions and single elementwise ops are printed as CUDA C
 //!   ([`codegen`]), compiled with NVRTC for the device's architecture and
 //!   cached on disk ([`cache`]).
-//! * Matmul goes through cuBLAS (f32, strided batched).
-//! * Softmax, layer/RMS norm, gather and attention are hand-written kernels
-//!   ([`kernels`]).
+//! * Matmul and Gemm go through cuBLASLt ([`lt`]: f32, TF32 when
+//!   `STITCH_CUDA_TF32=1`, f16, bf16; batched; Gemm's bias as an epilogue).
+//! * Softmax, layer/RMS norm, gather, quantized GEMV and attention are
+//!   hand-written kernels ([`kernels`]): attention runs on tensor cores for
+//!   f16/bf16 prefill (`st_flash_*`), split over the keys for few queries or
+//!   long caches (`st_decode_*`), else one block per query row.
 //!
 //! Ops it does not run fall back to the CPU backend through placement
 //! (`Executable::compile_placed(.., vec![cuda, cpu], ..)`), with counted copies.
@@ -19,6 +22,7 @@
 pub mod cache;
 pub mod codegen;
 pub mod kernels;
+pub mod lt;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -155,7 +159,17 @@ pub struct CudaBackend {
     nvrtc_version: (i32, i32),
     driver_version: i32,
     blas: Mutex<cudarc::cublas::CudaBlas>,
+    lt: Mutex<lt::Lt>,
+    /// f32 matmuls on TF32 tensor cores (`STITCH_CUDA_TF32=1`).
+    tf32: bool,
+    /// Compute capability major version.
+    major: i32,
     functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Fused-region kernels by the address of their `Region` (checked for
+    /// equality on a hit), so the hot path builds no string key.
+    region_fns: Mutex<HashMap<usize, (Region, Vec<DType>, CudaFunction)>>,
+    /// Attention launches per kernel: tensor-core, split-KV, one block per row.
+    attn_paths: [std::sync::atomic::AtomicUsize; 3],
     cache: KernelCache,
     /// Scratch flag for gather's out-of-range check.
     flag: Mutex<CudaSlice<i32>>,
@@ -212,6 +226,10 @@ impl CudaBackend {
             unsafe { cudarc::cublas::sys::is_culib_present() },
             "cuBLAS (libcublas.so)",
         )?;
+        check_lib(
+            unsafe { cudarc::cublaslt::sys::is_culib_present() },
+            "cuBLASLt (libcublasLt.so)",
+        )?;
         let n = CudaContext::device_count().map_err(|e| err(format!("CUDA: cannot count devices: {e}")))?;
         if ordinal >= n.max(0) as usize {
             return Err(err(format!(
@@ -236,6 +254,8 @@ impl CudaBackend {
         // SAFETY: plain out-parameter.
         unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) };
         let blas = cudarc::cublas::CudaBlas::new(stream.clone()).map_err(|e| err(format!("cuBLAS: {e}")))?;
+        let lt = lt::Lt::new(&stream, maj).map_err(err)?;
+        let tf32 = std::env::var("STITCH_CUDA_TF32").is_ok_and(|v| v == "1");
         let flag = stream
             .alloc_zeros::<i32>(1)
             .map_err(|e| err(format!("CUDA: cannot allocate: {e}")))?;
@@ -250,7 +270,12 @@ impl CudaBackend {
             nvrtc_version: (nv_maj, nv_min),
             driver_version,
             blas: Mutex::new(blas),
+            lt: Mutex::new(lt),
+            tf32,
+            major: maj,
             functions: Mutex::new(HashMap::new()),
+            region_fns: Mutex::new(HashMap::new()),
+            attn_paths: Default::default(),
             cache: KernelCache::from_env(),
             flag: Mutex::new(flag),
             markers: Mutex::new(Vec::new()),
@@ -260,6 +285,17 @@ impl CudaBackend {
     /// The GPU's name, e.g. `NVIDIA H100 80GB HBM3`.
     pub fn gpu_name(&self) -> &str {
         &self.gpu_name
+    }
+
+    /// Attention launches so far by kernel: `[tensor-core, split-KV, per-row]`.
+    pub fn attention_paths(&self) -> [usize; 3] {
+        self.attn_paths
+            .each_ref()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn count_attention(&self, path: usize) {
+        self.attn_paths[path].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The device's architecture, e.g. `sm_90`.
@@ -358,8 +394,7 @@ impl CudaBackend {
     /// Runs `region` on `inputs` into freshly allocated outputs (or into
     /// `target`, a strided destination, for copies).
     fn run_region(&self, region: &Region, inputs: &[Tensor], out_types: &[(DType, Vec<usize>)]) -> Result<Outputs> {
-        let dtypes: Vec<DType> = inputs.iter().map(|t| t.dtype()).collect();
-        let key = region_key(region, &dtypes);
+        let dtypes: smallvec::SmallVec<[DType; 8]> = inputs.iter().map(|t| t.dtype()).collect();
         let mut iter: Vec<usize> = vec![];
         for t in inputs {
             iter = broadcast(&iter, t.shape()).ok_or_else(|| {
@@ -413,20 +448,7 @@ impl CudaBackend {
         if n_kept == 0 {
             return Ok(outs.into_iter().collect());
         }
-        let name = "st_region";
-        let f = self
-            .functions
-            .lock()
-            .map_err(|_| err("CUDA: poisoned"))?
-            .get(&key)
-            .cloned();
-        let f = match f {
-            Some(f) => f,
-            None => {
-                let k = codegen::region_kernel(region, &dtypes, name).map_err(err)?;
-                self.function(&key, &k.source, name)?
-            }
-        };
+        let f = self.region_function(region, &dtypes)?;
         let ptrs: Vec<u64> = inputs
             .iter()
             .chain(&outs)
@@ -457,13 +479,48 @@ impl CudaBackend {
         Ok(outs.into_iter().collect())
     }
 
+    /// The compiled kernel of `region` for inputs of `dtypes`: by the region's
+    /// address first (no allocation), else by its printed key (memory, disk, NVRTC).
+    fn region_function(&self, region: &Region, dtypes: &[DType]) -> Result<CudaFunction> {
+        let addr = region as *const Region as usize;
+        if let Some((r, d, f)) = self.region_fns.lock().map_err(|_| err("CUDA: poisoned"))?.get(&addr) {
+            if r == region && d.as_slice() == dtypes {
+                return Ok(f.clone());
+            }
+        }
+        let key = region_key(region, dtypes);
+        let name = "st_region";
+        let cached = self
+            .functions
+            .lock()
+            .map_err(|_| err("CUDA: poisoned"))?
+            .get(&key)
+            .cloned();
+        let f = match cached {
+            Some(f) => f,
+            None => {
+                let k = codegen::region_kernel(region, dtypes, name).map_err(err)?;
+                self.function(&key, &k.source, name)?
+            }
+        };
+        let mut fns = self.region_fns.lock().map_err(|_| err("CUDA: poisoned"))?;
+        if fns.len() > 4096 {
+            fns.clear();
+        }
+        fns.insert(addr, (region.clone(), dtypes.to_vec(), f.clone()));
+        Ok(f)
+    }
+
     /// A contiguous copy of `t` on the device (`t` itself when already contiguous).
     fn contiguous(&self, t: &Tensor) -> Result<Tensor> {
         if t.is_contiguous() {
             return Ok(t.clone());
         }
-        let r = identity_region();
-        let mut out = self.run_region(&r, std::slice::from_ref(t), &[(t.dtype(), t.shape().to_vec())])?;
+        let mut out = self.run_region(
+            identity_region(),
+            std::slice::from_ref(t),
+            &[(t.dtype(), t.shape().to_vec())],
+        )?;
         Ok(out.remove(0))
     }
 
@@ -482,10 +539,7 @@ impl CudaBackend {
         if dst.rank() > MAX_RANK {
             return Err(err(format!("CUDA kernels handle at most {MAX_RANK} axes")));
         }
-        let r = identity_region();
-        let key = region_key(&r, &[src.dtype()]);
-        let k = codegen::region_kernel(&r, &[src.dtype()], "st_region").map_err(err)?;
-        let f = self.function(&key, &k.source, "st_region")?;
+        let f = self.region_function(identity_region(), &[src.dtype()])?;
         let mut meta = Meta {
             rank: dst.rank() as i32,
             kept: dst.rank() as i32,
@@ -514,9 +568,10 @@ impl CudaBackend {
             .shape
             .concrete()
             .ok_or_else(|| err(format!("matmul `{}`: output shape not concrete", node.name)))?;
-        if a.dtype() != DType::F32 || b.dtype() != DType::F32 || a.rank() < 2 || b.rank() < 2 {
+        let dt = a.dtype();
+        if !lt_dtype(dt) || b.dtype() != dt || a.rank() < 2 || b.rank() < 2 {
             return Err(err(format!(
-                "CUDA matmul `{}` needs f32 operands of rank 2 or more, got {} {:?} and {} {:?}",
+                "CUDA matmul `{}` needs f32, f16 or bf16 operands of one dtype and rank 2 or more, got {} {:?} and {} {:?}",
                 node.name,
                 a.dtype(),
                 a.shape(),
@@ -533,62 +588,205 @@ impl CudaBackend {
         let n = if tb { b.shape()[rb - 2] } else { b.shape()[rb - 1] };
         let batch_shape = &out_shape[..out_shape.len() - 2];
         let batch: usize = batch_shape.iter().product();
-        // Materialise operands as contiguous [batch, rows, cols] (broadcast batch
-        // dims are expanded only when both sides are batched differently).
+        // Operands as contiguous [batch, rows, cols]. A B shared by the whole
+        // batch stays one matrix: with A not transposed the batch folds into
+        // A's rows (one GEMM); otherwise B is expanded to every batch.
         let b_batch: usize = b.shape()[..rb - 2].iter().product();
         let a_full = {
             let mut s = batch_shape.to_vec();
             s.extend_from_slice(&a.shape()[ra - 2..]);
             self.contiguous(&a.broadcast_to(&s)?)?
         };
-        let b_full = if b_batch == 1 {
+        let fold = b_batch == 1 && !ta;
+        let b_full = if fold {
             self.contiguous(&b.reshape_view_2d()?)?
         } else {
             let mut s = batch_shape.to_vec();
             s.extend_from_slice(&b.shape()[rb - 2..]);
             self.contiguous(&b.broadcast_to(&s)?)?
         };
-        let out = self.alloc(DType::F32, &out_shape)?;
-        if m * n == 0 {
+        let out = self.alloc(dt, &out_shape)?;
+        if m * n == 0 || batch == 0 {
             return Ok(out);
         }
+        if k == 0 {
+            let z = self.zeros_like(&out)?;
+            return Ok(z);
+        }
+        let key = if fold {
+            lt::LtKey {
+                dtype: dt,
+                ta,
+                tb,
+                m: m * batch,
+                n,
+                k,
+                batch: 1,
+                bias: false,
+                tf32: self.tf32,
+            }
+        } else {
+            lt::LtKey {
+                dtype: dt,
+                ta,
+                tb,
+                m,
+                n,
+                k,
+                batch,
+                bias: false,
+                tf32: self.tf32,
+            }
+        };
         let (pa, pb, pc) = (
             elem_ptr(&a_full, &self.stream)?,
             elem_ptr(&b_full, &self.stream)?,
             elem_ptr(&out, &self.stream)?,
         );
-        // Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ.
-        use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-        let (opb, ldb) = if tb { (CUBLAS_OP_T, k) } else { (CUBLAS_OP_N, n) };
-        let (opa, lda) = if ta { (CUBLAS_OP_T, m) } else { (CUBLAS_OP_N, k) };
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        let blas = self.blas.lock().map_err(|_| err("cuBLAS: poisoned"))?;
-        let stride_b = if b_batch == 1 { 0 } else { (k * n) as i64 };
-        // SAFETY: pointers address contiguous [batch, ..] f32 buffers of the
-        // sizes given; the handle is bound to this backend's stream.
-        unsafe {
-            cudarc::cublas::result::sgemm_strided_batched(
-                *blas.handle(),
-                opb,
-                opa,
-                n as i32,
-                m as i32,
-                k as i32,
-                &alpha,
-                pb as *const f32,
-                ldb as i32,
-                stride_b,
-                pa as *const f32,
-                lda as i32,
-                (m * k) as i64,
-                &beta,
-                pc as *mut f32,
-                n as i32,
-                (m * n) as i64,
-                batch.max(1) as i32,
-            )
+        self.lt_matmul(node, key, 1.0, 0.0, pa, pb, pc, 0)?;
+        Ok(out)
+    }
+
+    /// Runs one cuBLASLt product (see [`lt::Lt::matmul`]).
+    #[allow(clippy::too_many_arguments)]
+    fn lt_matmul(
+        &self,
+        node: &Node,
+        key: lt::LtKey,
+        alpha: f32,
+        beta: f32,
+        a: u64,
+        b: u64,
+        c: u64,
+        bias: u64,
+    ) -> Result<()> {
+        let mut lt = self.lt.lock().map_err(|_| err("cuBLASLt: poisoned"))?;
+        // SAFETY: callers pass contiguous device buffers of the sizes `key` describes.
+        unsafe { lt.matmul(&self.stream, key, alpha, beta, a, b, c, bias) }
+            .map_err(|e| err(format!("`{}`: {e}", node.name)))
+    }
+
+    /// A zero-filled tensor of `t`'s dtype and shape.
+    fn zeros_like(&self, t: &Tensor) -> Result<Tensor> {
+        let out = self.alloc(t.dtype(), t.shape())?;
+        {
+            let mem = out
+                .device_memory()
+                .and_then(|m| m.as_any().downcast_ref::<CudaMem>())
+                .ok_or_else(|| err("CUDA: expected device memory"))?;
+            let (ptr, _sync) = mem.slice.device_ptr(&self.stream);
+            // SAFETY: the allocation holds at least `len` bytes.
+            unsafe { cudarc::driver::sys::cuMemsetD8Async(ptr, 0, mem.len.max(1), self.stream.cu_stream()) }
+                .result()
+                .map_err(|e| err(format!("CUDA memset: {e}")))?;
         }
-        .map_err(|e| err(format!("cuBLAS sgemm for `{}` failed: {e}", node.name)))?;
+        Ok(out)
+    }
+
+    /// ONNX-style Gemm: `alpha · op(A) · op(B) + beta · C` on 2-D operands,
+    /// through cuBLASLt. A vector C with beta 1 is the bias epilogue; any other
+    /// C is broadcast into the output first and accumulated with beta.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(&self, node: &Node, inputs: &[Tensor], alpha: f64, beta: f64, ta: bool, tb: bool) -> Result<Tensor> {
+        let (a, b) = (&inputs[0], &inputs[1]);
+        let dt = a.dtype();
+        if !lt_dtype(dt) || b.dtype() != dt || a.rank() != 2 || b.rank() != 2 {
+            return Err(err(format!(
+                "CUDA gemm `{}` needs 2-D f32, f16 or bf16 operands of one dtype, got {} {:?} and {} {:?}",
+                node.name,
+                a.dtype(),
+                a.shape(),
+                b.dtype(),
+                b.shape()
+            )));
+        }
+        let (m, k) = if ta {
+            (a.shape()[1], a.shape()[0])
+        } else {
+            (a.shape()[0], a.shape()[1])
+        };
+        let n = if tb { b.shape()[0] } else { b.shape()[1] };
+        let (a, b) = (self.contiguous(a)?, self.contiguous(b)?);
+        let c = inputs.get(2).filter(|_| beta != 0.0);
+        let bias_vec = c.filter(|c| beta == 1.0 && c.numel() == n && n > 1 && c.shape().last() == Some(&n));
+        let out = match (c, bias_vec) {
+            (Some(c), None) => {
+                let out = self.alloc(dt, &[m, n])?;
+                if c.dtype() != dt {
+                    return Err(err(format!(
+                        "CUDA gemm `{}`: C is {}, A and B are {dt}",
+                        node.name,
+                        c.dtype()
+                    )));
+                }
+                self.copy_into(&out, &c.broadcast_to(&[m, n])?)?;
+                out
+            }
+            _ => self.alloc(dt, &[m, n])?,
+        };
+        if m * n == 0 {
+            return Ok(out);
+        }
+        let accumulate = c.is_some() && bias_vec.is_none();
+        if k == 0 {
+            // The product is empty: C (scaled) or zeros.
+            if accumulate && beta != 1.0 {
+                return Err(err(format!(
+                    "CUDA gemm `{}`: k = 0 with beta {beta} is not supported",
+                    node.name
+                )));
+            }
+            return match bias_vec {
+                Some(c) => {
+                    self.copy_into(&out, &c.broadcast_to(&[m, n])?)?;
+                    Ok(out)
+                }
+                None if accumulate => Ok(out),
+                None => self.zeros_like(&out),
+            };
+        }
+        let bias = match bias_vec {
+            Some(c) => {
+                if c.dtype() != dt {
+                    return Err(err(format!(
+                        "CUDA gemm `{}`: C is {}, A and B are {dt}",
+                        node.name,
+                        c.dtype()
+                    )));
+                }
+                let c = self.contiguous(c)?;
+                let p = elem_ptr(&c, &self.stream)?;
+                Some((c, p))
+            }
+            None => None,
+        };
+        let key = lt::LtKey {
+            dtype: dt,
+            ta,
+            tb,
+            m,
+            n,
+            k,
+            batch: 1,
+            bias: bias.is_some(),
+            tf32: self.tf32,
+        };
+        let (pa, pb, pc) = (
+            elem_ptr(&a, &self.stream)?,
+            elem_ptr(&b, &self.stream)?,
+            elem_ptr(&out, &self.stream)?,
+        );
+        let beta = if accumulate { beta as f32 } else { 0.0 };
+        self.lt_matmul(
+            node,
+            key,
+            alpha as f32,
+            beta,
+            pa,
+            pb,
+            pc,
+            bias.as_ref().map_or(0, |b| b.1),
+        )?;
         Ok(out)
     }
 
@@ -832,13 +1030,30 @@ impl CudaBackend {
         if rows * n == 0 {
             return Ok(out);
         }
-        let f = self.builtin("st_quant_gemv")?;
         let (px, pw, py) = (
             elem_ptr(&x, &self.stream)?,
             elem_ptr(&w, &self.stream)?,
             elem_ptr(&out, &self.stream)?,
         );
         let (rows_i, n_i, k_i, rb_i) = (rows as i64, n as i64, k as i64, w.shape()[1] as i64);
+        if k % 32 == 0 && px % 16 == 0 {
+            // The format-specialised kernel: weights dequantized in registers
+            // once for every row, x read with 16-byte loads.
+            let f = self.builtin(&format!("st_qgemv_{}", kernels::quant_code(format)))?;
+            let rows32 = rows as i32;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&px).arg(&pw).arg(&py).arg(&rows32).arg(&n_i).arg(&k_i).arg(&rb_i);
+            let cfg = LaunchConfig {
+                grid_dim: ((n * 32).div_ceil(256) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: contiguous, 16-byte aligned f32 [rows ≤ 8, k] x, packed
+            // [n, row_bytes] w, f32 [rows, n] y.
+            self.check_launch("quant_matmul", unsafe { b.launch(cfg) }.map(|_| ()))?;
+            return Ok(out);
+        }
+        let f = self.builtin("st_quant_gemv")?;
         let (fmt, be, bb) = kernels::quant_args(format);
         let mut b = self.stream.launch_builder(&f);
         b.arg(&px)
@@ -900,22 +1115,46 @@ impl CudaBackend {
         Ok(out)
     }
 
+    /// Attention: tensor cores for 16-bit prefill without a mask, the split-KV
+    /// kernel for few queries, long caches and other 16-bit cases, else one
+    /// block per f32 query row.
     fn sdpa(&self, node: &Node, inputs: &[Tensor], scale: Option<f64>, causal: bool) -> Result<Tensor> {
         let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
-        if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 || q.dtype() != DType::F32 {
+        let dt = q.dtype();
+        if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 || !lt_dtype(dt) || k.dtype() != dt || v.dtype() != dt {
             return Err(err(format!(
-                "CUDA sdpa `{}`: needs f32 [B, H, S, D] operands",
-                node.name
+                "CUDA sdpa `{}`: needs [B, H, S, D] operands of one dtype (f32, f16 or bf16), got {} {:?}, {} {:?}, {} {:?}",
+                node.name,
+                q.dtype(),
+                q.shape(),
+                k.dtype(),
+                k.shape(),
+                v.dtype(),
+                v.shape()
             )));
         }
         let (b, h, s, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
         let (hk, t, dv) = (k.shape()[1], k.shape()[2], v.shape()[3]);
-        if t > kernels::ATTN_MAX_KEYS {
+        if hk == 0 || h % hk != 0 {
             return Err(err(format!(
-                "CUDA sdpa `{}`: {t} keys exceed the kernel's limit of {}",
-                node.name,
-                kernels::ATTN_MAX_KEYS
+                "CUDA sdpa `{}`: {h} query heads do not group over {hk} key/value heads",
+                node.name
             )));
+        }
+        let scale_v = scale.unwrap_or(1.0 / (d as f64).sqrt());
+        let mask = inputs.get(3);
+        let half = dt != DType::F32;
+        if half && mask.is_none() && d == dv && (d == 64 || d == 128) && self.major >= 8 && s > kernels::DECODE_MAX_S {
+            if let Some(out) = self.flash_attention(q, k, v, scale_v, causal)? {
+                return Ok(out);
+            }
+        }
+        if half
+            || s <= kernels::DECODE_MAX_S
+            || t > kernels::ATTN_MAX_KEYS
+            || mask.is_some_and(|m| matches!(m.dtype(), DType::F16 | DType::BF16))
+        {
+            return self.split_attention(node, q, k, v, mask, scale_v, causal);
         }
         let kb = k.broadcast_to(&[b, hk, t, d])?;
         let vb = v.broadcast_to(&[b, hk, t, dv])?;
@@ -927,7 +1166,7 @@ impl CudaBackend {
             t: t as i64,
             d: d as i64,
             dv: dv as i64,
-            scale: scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32,
+            scale: scale_v as f32,
             causal: i32::from(causal),
             ..Default::default()
         };
@@ -979,17 +1218,209 @@ impl CudaBackend {
         bld.arg(&m).arg(&pq).arg(&pk).arg(&pv).arg(&mask_ptr).arg(&po);
         // SAFETY: strides and sizes in `m` describe the live q/k/v/mask tensors.
         self.check_launch("sdpa", unsafe { bld.launch(cfg) }.map(|_| ()))?;
+        self.count_attention(2);
+        Ok(out)
+    }
+
+    /// A kernel of [`kernels::ATTN_SOURCE`].
+    fn attn_function(&self, name: &str) -> Result<CudaFunction> {
+        static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let src = SOURCE.get_or_init(|| format!("{}{}", codegen::HALF_PRELUDE, kernels::ATTN_SOURCE));
+        self.function(&format!("attn:{name}"), src, name)
+    }
+
+    /// Tensor-core attention for f16/bf16 operands with head size 64 or 128;
+    /// `None` when the operands' layout does not allow its vector loads.
+    fn flash_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -> Result<Option<Tensor>> {
+        let (b, h, s, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+        let (hk, t) = (k.shape()[1], k.shape()[2]);
+        let kb = k.broadcast_to(&[b, hk, t, d])?;
+        let vb = v.broadcast_to(&[b, hk, t, d])?;
+        let (pq, pk, pv) = (
+            elem_ptr(q, &self.stream)?,
+            elem_ptr(k, &self.stream)?,
+            elem_ptr(v, &self.stream)?,
+        );
+        let unit = |x: &Tensor| x.strides()[3] == 1;
+        let every = |x: &Tensor, n: isize| x.strides()[..3].iter().all(|&st| st % n == 0);
+        if !(unit(q) && unit(&kb) && unit(&vb))
+            || !every(q, 2)
+            || pq % 4 != 0
+            || !every(&kb, 8)
+            || !every(&vb, 8)
+            || pk % 16 != 0
+            || pv % 16 != 0
+        {
+            return Ok(None);
+        }
+        let mut m = kernels::FlashMeta {
+            b: b as i64,
+            h: h as i64,
+            hk: hk as i64,
+            s: s as i64,
+            t: t as i64,
+            scale_log2: (scale * std::f64::consts::LOG2_E) as f32,
+            causal: i32::from(causal),
+            ..Default::default()
+        };
+        for i in 0..3 {
+            m.qs[i] = q.strides()[i] as i64;
+            m.ks[i] = kb.strides()[i] as i64;
+            m.vs[i] = vb.strides()[i] as i64;
+        }
+        let out = self.alloc(q.dtype(), &[b, h, s, d])?;
+        if b * h * s == 0 {
+            return Ok(Some(out));
+        }
+        let name = match (q.dtype(), d) {
+            (DType::F16, 64) => "st_flash_f16_64",
+            (DType::F16, _) => "st_flash_f16_128",
+            (_, 64) => "st_flash_bf16_64",
+            _ => "st_flash_bf16_128",
+        };
+        let f = self.attn_function(name)?;
+        let po = elem_ptr(&out, &self.stream)?;
+        let cfg = LaunchConfig {
+            grid_dim: (s.div_ceil(kernels::FLASH_BM) as u32, (b * h) as u32, 1),
+            block_dim: (kernels::FLASH_THREADS, 1, 1),
+            shared_mem_bytes: (2 * kernels::FLASH_BN * (d + 8) * 2) as u32,
+        };
+        let mut bld = self.stream.launch_builder(&f);
+        bld.arg(&m).arg(&pq).arg(&pk).arg(&pv).arg(&po);
+        // SAFETY: `m` describes the live q/k/v views (unit head stride, aligned
+        // as checked above); `out` is a fresh contiguous [B, H, S, D] tensor.
+        self.check_launch("flash attention", unsafe { bld.launch(cfg) }.map(|_| ()))?;
+        self.count_attention(0);
+        Ok(Some(out))
+    }
+
+    /// Split-KV attention: the keys are cut into chunks so that even one query
+    /// row fills the GPU; a second kernel joins the chunks.
+    #[allow(clippy::too_many_arguments)]
+    fn split_attention(
+        &self,
+        node: &Node,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        scale: f64,
+        causal: bool,
+    ) -> Result<Tensor> {
+        let (b, h, s, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+        let (hk, t, dv) = (k.shape()[1], k.shape()[2], v.shape()[3]);
+        if d > kernels::DECODE_MAX_D || dv > kernels::DECODE_MAX_D {
+            return Err(err(format!(
+                "CUDA sdpa `{}`: head sizes {d}/{dv} exceed the split-KV kernel's {}",
+                node.name,
+                kernels::DECODE_MAX_D
+            )));
+        }
+        let kb = k.broadcast_to(&[b, hk, t, d])?;
+        let vb = v.broadcast_to(&[b, hk, t, dv])?;
+        let rows = b * h * s;
+        let out = self.alloc(q.dtype(), &[b, h, s, dv])?;
+        if rows == 0 || dv == 0 {
+            return Ok(out);
+        }
+        let target = 2 * self.sm_count as usize;
+        let max_splits = t.div_ceil(32).max(1);
+        let want = target.div_ceil(rows).clamp(1, max_splits);
+        let chunk = t.div_ceil(want).max(1);
+        let splits = t.div_ceil(chunk).max(1);
+        let mut m = kernels::DecodeMeta {
+            b: b as i64,
+            h: h as i64,
+            hk: hk as i64,
+            s: s as i64,
+            t: t as i64,
+            d: d as i64,
+            dv: dv as i64,
+            chunk: chunk as i64,
+            scale: scale as f32,
+            causal: i32::from(causal),
+            splits: splits as i32,
+            ..Default::default()
+        };
+        for i in 0..4 {
+            m.qs[i] = q.strides()[i] as i64;
+            m.ks[i] = kb.strides()[i] as i64;
+            m.vs[i] = vb.strides()[i] as i64;
+        }
+        let mask_ptr = match mask {
+            Some(mask) => {
+                let mb = mask.broadcast_to(&[b, h, s, t])?;
+                for i in 0..4 {
+                    m.ms[i] = mb.strides()[i] as i64;
+                }
+                m.mask_kind = match mask.dtype() {
+                    DType::Bool => 1,
+                    DType::F32 => 2,
+                    DType::F16 => 3,
+                    DType::BF16 => 4,
+                    dt => return Err(err(format!("CUDA sdpa `{}`: mask dtype {dt}", node.name))),
+                };
+                elem_ptr(mask, &self.stream)?
+            }
+            None => 0u64,
+        };
+        let suffix = match q.dtype() {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            _ => "bf16",
+        };
+        let part = self.attn_function(&format!("st_decode_part_{suffix}"))?;
+        let join = self.attn_function(&format!("st_decode_join_{suffix}"))?;
+        let po = self.alloc(DType::F32, &[rows * splits, dv])?;
+        let pml = self.alloc(DType::F32, &[rows * splits, 2])?;
+        let (pq, pk, pv, ppo, ppml, pout) = (
+            elem_ptr(q, &self.stream)?,
+            elem_ptr(k, &self.stream)?,
+            elem_ptr(v, &self.stream)?,
+            elem_ptr(&po, &self.stream)?,
+            elem_ptr(&pml, &self.stream)?,
+            elem_ptr(&out, &self.stream)?,
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, splits as u32, 1),
+            block_dim: (kernels::DECODE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut bld = self.stream.launch_builder(&part);
+        bld.arg(&m)
+            .arg(&pq)
+            .arg(&pk)
+            .arg(&pv)
+            .arg(&mask_ptr)
+            .arg(&ppo)
+            .arg(&ppml);
+        // SAFETY: `m` describes the live q/k/v/mask views; po/pml hold
+        // rows × splits partials.
+        self.check_launch("split-KV attention", unsafe { bld.launch(cfg) }.map(|_| ()))?;
+        let (splits_i, dv_i) = (splits as i32, dv as i64);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (kernels::DECODE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut bld = self.stream.launch_builder(&join);
+        bld.arg(&ppo).arg(&ppml).arg(&pout).arg(&splits_i).arg(&dv_i);
+        // SAFETY: reads the partials written above, writes contiguous [rows, dv].
+        self.check_launch("split-KV join", unsafe { bld.launch(cfg) }.map(|_| ()))?;
+        self.count_attention(1);
         Ok(out)
     }
 }
 
-fn identity_region() -> Region {
-    Region {
+/// `out = in`: the copy kernel (one instance, so its kernel is found by address).
+fn identity_region() -> &'static Region {
+    static IDENTITY: std::sync::OnceLock<Region> = std::sync::OnceLock::new();
+    IDENTITY.get_or_init(|| Region {
         exprs: vec![Expr::Input(0)],
         outputs: vec![0],
         reduce: None,
         members: vec![],
-    }
+    })
 }
 
 fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
@@ -1082,6 +1513,15 @@ fn float_out(node: &Node) -> bool {
     node.outputs.iter().all(|t| t.dtype == DType::F32)
 }
 
+/// The dtypes cuBLASLt matmul and the attention kernels take.
+fn lt_dtype(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::F16 | DType::BF16)
+}
+
+fn lt_out(node: &Node) -> bool {
+    node.outputs.iter().all(|t| lt_dtype(t.dtype))
+}
+
 /// Whether the CUDA backend has a kernel for this op kind at all (for the op
 /// coverage table; [`supports_node`] also checks dtypes, ranks and axes).
 pub fn supports_op(op: &Op) -> bool {
@@ -1095,6 +1535,7 @@ pub fn supports_op(op: &Op) -> bool {
             | Op::Clamp { .. }
             | Op::Reduce { .. }
             | Op::MatMul { .. }
+            | Op::Gemm { .. }
             | Op::Softmax { .. }
             | Op::LogSoftmax { .. }
             | Op::RmsNorm { .. }
@@ -1127,13 +1568,13 @@ pub fn supports_node(node: &Node) -> bool {
         Op::Fused(r) => {
             supported_dtypes(node) && r.exprs.iter().filter(|e| matches!(e, Expr::Input(_))).count() < MAX_OPERANDS
         }
-        Op::MatMul { .. } => float_out(node) && rank >= 2,
+        Op::MatMul { .. } => lt_out(node) && rank >= 2,
+        Op::Gemm { .. } => lt_out(node) && rank == 2,
+        Op::Sdpa(_) => lt_out(node),
         Op::Softmax { axis } | Op::LogSoftmax { axis } => {
             float_out(node) && normalize_axis(*axis, rank) == Some(rank.saturating_sub(1))
         }
-        Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Sdpa(_) | Op::Dequantize { .. } | Op::QuantMatMul { .. } => {
-            float_out(node)
-        }
+        Op::RmsNorm { .. } | Op::LayerNorm { .. } | Op::Dequantize { .. } | Op::QuantMatMul { .. } => float_out(node),
         _ => supported_dtypes(node) && rank <= MAX_RANK,
     }
 }
@@ -1165,15 +1606,29 @@ pub fn supports_input_types(node: &Node, inputs: &[stitch_core::TensorType]) -> 
                 }
         }
         Op::Where | Op::Cast(_) | Op::Clamp { .. } | Op::Reduce { .. } => all_c,
-        Op::MatMul { .. } => f32_in(0) && f32_in(1) && inputs.iter().all(|t| t.shape.rank() >= 2),
+        Op::MatMul { .. } => {
+            dt(0).is_some_and(lt_dtype) && dt(1) == dt(0) && inputs.iter().all(|t| t.shape.rank() >= 2)
+        }
+        Op::Gemm { .. } => {
+            dt(0).is_some_and(lt_dtype)
+                && dt(1) == dt(0)
+                && inputs[..2].iter().all(|t| t.shape.rank() == 2)
+                && inputs
+                    .get(2)
+                    .is_none_or(|c| c.dtype == inputs[0].dtype && c.shape.rank() <= 2)
+        }
         Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::RmsNorm { .. } | Op::LayerNorm { .. } => {
             inputs.iter().all(|t| t.dtype == DType::F32)
         }
         Op::Sdpa(_) => {
-            (0..3).all(|k| f32_in(k) && inputs[k].shape.rank() == 4)
+            let head = |k: usize| inputs[k].shape.dims().last().and_then(|d| d.known());
+            dt(0).is_some_and(lt_dtype)
+                && (0..3).all(|k| dt(k) == dt(0) && inputs[k].shape.rank() == 4)
+                // 16-bit floats always run on the tensor-core or split-KV kernels.
+                && (f32_in(0) || [1, 2].iter().all(|&k| head(k).is_some_and(|d| d <= kernels::DECODE_MAX_D)))
                 && inputs
                     .get(3)
-                    .is_none_or(|m| matches!(m.dtype, DType::Bool | DType::F32) && m.shape.rank() <= 4)
+                    .is_none_or(|m| matches!(m.dtype, DType::Bool | DType::F32 | DType::F16 | DType::BF16) && m.shape.rank() <= 4)
         }
         Op::Gather { .. } => {
             codegen::c_type(inputs[0].dtype).is_some() && matches!(dt(1), Some(DType::I64 | DType::I32))
@@ -1272,6 +1727,12 @@ impl Backend for CudaBackend {
                     }
                     self.run_region(&r, inputs, &out_types(node)?)
                 }
+                Op::Gemm {
+                    alpha,
+                    beta,
+                    transpose_a,
+                    transpose_b,
+                } => one(self.gemm(node, inputs, *alpha, *beta, *transpose_a, *transpose_b)?),
                 Op::MatMul {
                     transpose_a,
                     transpose_b,

@@ -519,7 +519,7 @@ fn dequantize_and_quant_matmul_every_format() {
     for format in [Q::Q8_0, Q::Q4_0, Q::Q4_1, Q::Q5_0, Q::Q5_1, Q::Q4_K, Q::Q5_K, Q::Q6_K] {
         let (n, k) = (40usize, 512usize);
         let w = packed(&mut r, format, n, k);
-        for rows in [1usize, 3, 16] {
+        for rows in [1usize, 3, 7, 16] {
             let mut g = Graph::new();
             let x = g.placeholder("x", DType::F32, [rows, k]);
             let wc = g.constant(w.clone());
@@ -535,6 +535,258 @@ fn dequantize_and_quant_matmul_every_format() {
                 1e-5,
                 &format!("quant_matmul {format:?} rows {rows}"),
             );
+        }
+    }
+}
+
+/// Like [`both`], with a given CUDA backend (to read its counters afterwards).
+fn both_on(
+    gpu_backend: &Arc<CudaBackend>,
+    g: &Graph,
+    outs: &[Value],
+    inputs: &[(&str, Tensor)],
+) -> (Vec<Tensor>, Vec<Tensor>, usize) {
+    let list: Vec<Arc<dyn Backend>> = vec![gpu_backend.clone(), Arc::new(CpuBackend::new())];
+    let gpu = Executable::compile_placed(g, outs, list, CompileOptions::default()).unwrap();
+    let cpu = Executable::compile(g, outs, Arc::new(CpuBackend::new()), CompileOptions::default()).unwrap();
+    let got = gpu.run(inputs, &mut gpu.new_state()).unwrap();
+    let want = cpu.run(inputs, &mut cpu.new_state()).unwrap();
+    let types: Vec<_> = inputs
+        .iter()
+        .map(|(_, t)| stitch_core::passes::specialize::type_of(t))
+        .collect();
+    let fallbacks = gpu.plan_for(&types).unwrap().report.placement.fallback_nodes;
+    (got, want, fallbacks)
+}
+
+/// Tolerance of results in `dtype` relative to the largest reference value.
+fn tol(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => 4e-3,
+        DType::BF16 => 2e-2,
+        _ => 1e-5,
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_in_16_bit_on_tensor_cores_and_split_kv() {
+    let mut r = rng(20);
+    let gpu = Arc::new(CudaBackend::new(0).expect("a CUDA GPU"));
+    // (dtype, b, h, hk, s, t, d, causal, mask, expected path: 0 tensor cores, 1 split-KV)
+    let cases = [
+        (
+            DType::F16,
+            2usize,
+            8usize,
+            2usize,
+            100usize,
+            100usize,
+            64usize,
+            true,
+            None,
+            0usize,
+        ),
+        (DType::F16, 1, 4, 4, 130, 200, 128, false, None, 0),
+        (DType::BF16, 2, 6, 3, 77, 160, 128, true, None, 0),
+        (DType::BF16, 1, 2, 1, 64, 64, 64, false, None, 0),
+        // Fewer keys than queries, bottom-right causal: the first rows see no key (NaN, as on the CPU).
+        (DType::F16, 1, 2, 2, 80, 40, 64, true, None, 0),
+        (DType::F16, 2, 8, 2, 1, 300, 64, false, Some(DType::Bool), 1),
+        (DType::BF16, 1, 9, 3, 3, 257, 64, true, None, 1),
+        (DType::F16, 1, 4, 2, 40, 50, 96, false, Some(DType::F16), 1),
+    ];
+    for (dt, b, h, hk, s, t, d, causal, mask, path) in cases {
+        let before = gpu.attention_paths();
+        let mut g = Graph::new();
+        let q = g.placeholder("q", dt, [b, h, s, d]);
+        let k = g.placeholder("k", dt, [b, hk, t, d]);
+        let v = g.placeholder("v", dt, [b, hk, t, d]);
+        let mut ins = vec![
+            ("q", random(&mut r, dt, &[b, h, s, d], -1.0, 1.0)),
+            ("k", random(&mut r, dt, &[b, hk, t, d], -1.0, 1.0)),
+            ("v", random(&mut r, dt, &[b, hk, t, d], -1.0, 1.0)),
+        ];
+        let m = mask.map(|mdt| {
+            let mv = g.placeholder("mask", mdt, [1, 1, s, t]);
+            let mut tm = random(&mut r, mdt, &[1, 1, s, t], -2.0, 2.0);
+            if mdt == DType::Bool {
+                let mut vals = tm.to_f64_vec();
+                for i in 0..s {
+                    vals[i * t] = 1.0;
+                }
+                tm = Tensor::from_f64(DType::Bool, &vals, &[1, 1, s, t]).unwrap();
+            }
+            ins.push(("mask", tm));
+            mv
+        });
+        let y = g.sdpa(q, k, v, m, SdpaAttrs { scale: None, causal }).unwrap();
+        let what = format!("sdpa {dt} b={b} h={h}/{hk} s={s} t={t} d={d} causal={causal} mask={mask:?}");
+        let (got, want, fb) = both_on(&gpu, &g, &[y], &ins);
+        assert_eq!(fb, 0, "{what}: fell back");
+        check(&got, &want, tol(dt), &what);
+        let after = gpu.attention_paths();
+        assert!(
+            after[path] > before[path],
+            "{what}: expected kernel {path}, launches {before:?} -> {after:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_in_f32_split_kv_and_per_row() {
+    let mut r = rng(21);
+    let gpu = Arc::new(CudaBackend::new(0).expect("a CUDA GPU"));
+    // (s, t, causal, mask, path: 1 split-KV, 2 one block per row)
+    for (s, t, causal, mask, path) in [
+        (1usize, 2000usize, false, None, 1usize),
+        (4, 50, true, None, 1),
+        (2, 70, false, Some(DType::F32), 1),
+        (40, 90, false, Some(DType::Bool), 2),
+        (33, 33, true, None, 2),
+    ] {
+        let (b, h, hk, d) = (2usize, 6usize, 2usize, 64usize);
+        let before = gpu.attention_paths();
+        let mut g = Graph::new();
+        let q = g.placeholder("q", DType::F32, [b, h, s, d]);
+        let k = g.placeholder("k", DType::F32, [b, hk, t, d]);
+        let v = g.placeholder("v", DType::F32, [b, hk, t, d]);
+        let mut ins = vec![
+            ("q", random(&mut r, DType::F32, &[b, h, s, d], -1.0, 1.0)),
+            ("k", random(&mut r, DType::F32, &[b, hk, t, d], -1.0, 1.0)),
+            ("v", random(&mut r, DType::F32, &[b, hk, t, d], -1.0, 1.0)),
+        ];
+        let m = mask.map(|mdt| {
+            let mv = g.placeholder("mask", mdt, [b, 1, s, t]);
+            let mut tm = random(&mut r, mdt, &[b, 1, s, t], -2.0, 2.0);
+            if mdt == DType::Bool {
+                let mut vals = tm.to_f64_vec();
+                for i in 0..b * s {
+                    vals[i * t] = 1.0;
+                }
+                tm = Tensor::from_f64(DType::Bool, &vals, &[b, 1, s, t]).unwrap();
+            }
+            ins.push(("mask", tm));
+            mv
+        });
+        let y = g
+            .sdpa(
+                q,
+                k,
+                v,
+                m,
+                SdpaAttrs {
+                    scale: Some(0.3),
+                    causal,
+                },
+            )
+            .unwrap();
+        let what = format!("f32 sdpa s={s} t={t} causal={causal} mask={mask:?}");
+        let (got, want, fb) = both_on(&gpu, &g, &[y], &ins);
+        assert_eq!(fb, 0, "{what}: fell back");
+        check(&got, &want, 1e-5, &what);
+        let after = gpu.attention_paths();
+        assert!(
+            after[path] > before[path],
+            "{what}: expected kernel {path}, launches {before:?} -> {after:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn matmul_and_gemm_through_cublaslt_in_every_float_type() {
+    let mut r = rng(22);
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        let cases: Vec<(Vec<usize>, Vec<usize>, bool, bool)> = vec![
+            (vec![37, 64], vec![64, 23], false, false),
+            (vec![3, 37, 64], vec![3, 64, 23], false, false),
+            (vec![3, 37, 64], vec![64, 23], false, false),
+            (vec![3, 64, 37], vec![64, 23], true, false),
+            (vec![2, 64, 37], vec![2, 23, 64], true, true),
+            (vec![2, 1, 5, 8], vec![3, 8, 6], false, false),
+        ];
+        for (sa, sb, ta, tb) in cases {
+            let mut g = Graph::new();
+            let a = g.placeholder("a", dt, sa.as_slice());
+            let b = g.placeholder("b", dt, sb.as_slice());
+            let y = g.matmul_t(a, b, ta, tb).unwrap();
+            let ins = [
+                ("a", random(&mut r, dt, &sa, -1.0, 1.0)),
+                ("b", random(&mut r, dt, &sb, -1.0, 1.0)),
+            ];
+            let (got, want, fb) = both(&g, &[y], &ins, CompileOptions::default());
+            assert_eq!(fb, 0, "{dt}");
+            check(
+                &got,
+                &want,
+                tol(dt),
+                &format!("{dt} matmul {sa:?} x {sb:?} ({ta}, {tb})"),
+            );
+        }
+        // Gemm: bias epilogue (vector C, beta 1), broadcast C with beta, no C.
+        let (m, k, n) = (45usize, 70usize, 33usize);
+        for (c_shape, alpha, beta, ta, tb) in [
+            (Some(vec![n]), 1.0, 1.0, false, false),
+            (Some(vec![1, n]), 0.5, 1.0, true, false),
+            (Some(vec![m, 1]), 1.5, 0.25, false, true),
+            (Some(vec![m, n]), 1.0, -2.0, true, true),
+            (None, 2.0, 0.0, false, false),
+        ] {
+            let mut g = Graph::new();
+            let sa = if ta { vec![k, m] } else { vec![m, k] };
+            let sb = if tb { vec![n, k] } else { vec![k, n] };
+            let a = g.placeholder("a", dt, sa.as_slice());
+            let b = g.placeholder("b", dt, sb.as_slice());
+            let mut ins = vec![
+                ("a", random(&mut r, dt, &sa, -1.0, 1.0)),
+                ("b", random(&mut r, dt, &sb, -1.0, 1.0)),
+            ];
+            let c = c_shape.as_ref().map(|cs| {
+                ins.push(("c", random(&mut r, dt, cs, -1.0, 1.0)));
+                g.placeholder("c", dt, cs.as_slice())
+            });
+            let y = g.gemm(a, b, c, alpha, beta, ta, tb).unwrap();
+            let (got, want, fb) = both(&g, &[y], &ins, CompileOptions::default());
+            assert_eq!(fb, 0, "{dt} gemm");
+            check(
+                &got,
+                &want,
+                tol(dt),
+                &format!("{dt} gemm c={c_shape:?} alpha={alpha} beta={beta} ({ta}, {tb})"),
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fused_regions_in_16_bit_floats() {
+    let mut r = rng(23);
+    for dt in [DType::F16, DType::BF16] {
+        let mut g = Graph::new();
+        let x = g.placeholder("x", dt, [48, 130]);
+        let b = g.placeholder("b", dt, [130]);
+        let t = g.tanh(x).unwrap();
+        let s = g.sigmoid(x).unwrap();
+        let m = g.mul(t, s).unwrap();
+        let a = g.add(m, b).unwrap();
+        let z = g.unary(UnaryOp::Silu, a).unwrap();
+        let red = g.reduce(ReduceOp::Sum, z, &[-1], false).unwrap();
+        let c = g.cast(z, DType::F32).unwrap();
+        let ins = [
+            ("x", random(&mut r, dt, &[48, 130], -3.0, 3.0)),
+            ("b", random(&mut r, dt, &[130], -1.0, 1.0)),
+        ];
+        for fuse in [true, false] {
+            let opts = CompileOptions {
+                fuse,
+                ..Default::default()
+            };
+            let (got, want, fb) = both(&g, &[z, red, c], &ins, opts);
+            assert_eq!(fb, 0, "{dt}");
+            check(&got, &want, tol(dt), &format!("{dt} chain (fuse {fuse})"));
         }
     }
 }
