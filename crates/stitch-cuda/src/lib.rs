@@ -624,6 +624,7 @@ impl CudaBackend {
                 batch: 1,
                 bias: false,
                 tf32: self.tf32,
+                align: 0,
             }
         } else {
             lt::LtKey {
@@ -636,6 +637,7 @@ impl CudaBackend {
                 batch,
                 bias: false,
                 tf32: self.tf32,
+                align: 0,
             }
         };
         let (pa, pb, pc) = (
@@ -643,6 +645,10 @@ impl CudaBackend {
             elem_ptr(&b_full, &self.stream)?,
             elem_ptr(&out, &self.stream)?,
         );
+        let key = lt::LtKey {
+            align: lt::alignment(&[pa, pb, pc]),
+            ..key
+        };
         self.lt_matmul(node, key, 1.0, 0.0, pa, pb, pc, 0)?;
         Ok(out)
     }
@@ -770,12 +776,18 @@ impl CudaBackend {
             batch: 1,
             bias: bias.is_some(),
             tf32: self.tf32,
+            align: 0,
         };
         let (pa, pb, pc) = (
             elem_ptr(&a, &self.stream)?,
             elem_ptr(&b, &self.stream)?,
             elem_ptr(&out, &self.stream)?,
         );
+        let pbias = bias.as_ref().map_or(0, |b| b.1);
+        let key = lt::LtKey {
+            align: lt::alignment(&[pa, pb, pc, pbias]),
+            ..key
+        };
         let beta = if accumulate { beta as f32 } else { 0.0 };
         self.lt_matmul(
             node,

@@ -34,6 +34,18 @@ pub struct LtKey {
     pub bias: bool,
     /// f32 through TF32 tensor cores.
     pub tf32: bool,
+    /// The alignment in bytes (a power of two, at most 256) every operand
+    /// address has; cuBLASLt only picks algorithms that work with it.
+    pub align: u32,
+}
+
+/// The largest power of two (at most 256) dividing every address.
+pub fn alignment(ptrs: &[u64]) -> u32 {
+    ptrs.iter()
+        .filter(|&&p| p != 0)
+        .map(|&p| 1u64 << p.trailing_zeros().min(8))
+        .min()
+        .unwrap_or(256) as u32
 }
 
 struct Plan {
@@ -212,17 +224,29 @@ impl Lt {
         }
         let pref = lt::create_matmul_pref().map_err(|e| format!("cuBLASLt: preference: {e:?}"))?;
         let ws = self.workspace.len();
-        // SAFETY: plain value; the preference is destroyed below.
+        // SAFETY: plain values; the preference is destroyed below.
         let heuristic = unsafe {
+            use sys::cublasLtMatmulPreferenceAttributes_t as P;
+            let align = key.align;
+            let set_align = |attr: P| {
+                check(
+                    "alignment preference",
+                    lt::set_matmul_pref_attribute(pref, attr, &align as *const u32 as *const c_void, size_of::<u32>()),
+                )
+            };
             let r = check(
                 "workspace preference",
                 lt::set_matmul_pref_attribute(
                     pref,
-                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                     &ws as *const usize as *const c_void,
                     size_of::<usize>(),
                 ),
             )
+            .and_then(|_| set_align(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES))
+            .and_then(|_| set_align(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES))
+            .and_then(|_| set_align(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES))
+            .and_then(|_| set_align(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES))
             .and_then(|_| {
                 lt::get_matmul_algo_heuristic(
                     self.handle,
@@ -300,5 +324,19 @@ impl Lt {
                 stream.cu_stream() as sys::cudaStream_t,
             ),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::alignment;
+
+    #[test]
+    fn alignment_is_the_weakest_operands_power_of_two() {
+        assert_eq!(alignment(&[4096, 1 << 20]), 256);
+        assert_eq!(alignment(&[4096, 0x1008]), 8);
+        assert_eq!(alignment(&[0x1002, 0x1010, 0]), 2);
+        // A missing operand (address 0, e.g. no bias) does not count.
+        assert_eq!(alignment(&[0x1040, 0]), 64);
     }
 }
