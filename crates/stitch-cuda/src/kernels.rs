@@ -489,6 +489,27 @@ template <bool BF> __device__ __forceinline__ void st_mma(float* c, const unsign
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// Four 8x8 b16 matrices from shared memory; lanes 8i..8i+7 give the row
+// addresses of matrix i (16-byte aligned). Lane 4g+tg receives, of each matrix,
+// row g, columns 2tg..2tg+1 (or with .trans rows 2tg..2tg+1 of column g).
+__device__ __forceinline__ void st_ldsm4(unsigned int* r, const unsigned short* p) {
+  unsigned int a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void st_cp_async16(unsigned short* dst, const unsigned short* src, int bytes) {
+  unsigned int a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(a), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void st_ldsm4t(unsigned int* r, const unsigned short* p) {
+  unsigned int a;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
 // Fragment layouts of mma.m16n8k16 (PTX ISA): lane = 4 * g + tg.
 //   A (16x16, row-major): reg0 = (row g, cols 2tg..+1), reg1 = (row g+8, same),
 //                         reg2 = (row g, cols 2tg+8..+9), reg3 = (row g+8, same).
@@ -500,9 +521,10 @@ template <bool BF, int D>
 __device__ __forceinline__ void st_flash(const FlashMeta m, const unsigned short* __restrict__ q, const unsigned short* __restrict__ k,
                                          const unsigned short* __restrict__ v, unsigned short* __restrict__ out) {
   constexpr int BM = 64, BN = 64, LD = D + 8;
+  // Two stages of K and V tiles: the next tile streams in (cp.async) while
+  // the current one is used.
   extern __shared__ uint4 st_smem[];
-  unsigned short* ks = (unsigned short*)st_smem;
-  unsigned short* vs = ks + BN * LD;
+  unsigned short* const smem = (unsigned short*)st_smem;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
   const long long bh = blockIdx.y;
   const long long hh = bh % m.h, bb = bh / m.h;
@@ -528,40 +550,56 @@ __device__ __forceinline__ void st_flash(const FlashMeta m, const unsigned short
   const long long shift = m.t - m.s;
   long long kend = m.t;
   if (m.causal && q0 + BM + shift < kend) kend = q0 + BM + shift;
-  for (long long k0 = 0; k0 < kend; k0 += BN) {
-    __syncthreads();
+  // Keys past the end are zero-filled (source size 0), read from a valid address.
+  auto load_tile = [&](long long k0, int stage) {
+    unsigned short* kd = smem + stage * 2 * BN * LD;
+    unsigned short* vd = kd + BN * LD;
     for (int c = threadIdx.x; c < BN * D / 8; c += blockDim.x) {
       const int row = c / (D / 8), col = (c % (D / 8)) * 8;
       const long long key = k0 + row;
-      uint4 kv = make_uint4(0u, 0u, 0u, 0u), vv = kv;
-      if (key < m.t) {
-        kv = *(const uint4*)(kb + key * m.ks[2] + col);
-        vv = *(const uint4*)(vb + key * m.vs[2] + col);
-      }
-      *(uint4*)(ks + row * LD + col) = kv;
-      *(uint4*)(vs + row * LD + col) = vv;
+      const int bytes = key < m.t ? 16 : 0;
+      const long long src = key < m.t ? key : 0;
+      st_cp_async16(kd + row * LD + col, kb + src * m.ks[2] + col, bytes);
+      st_cp_async16(vd + row * LD + col, vb + src * m.vs[2] + col, bytes);
     }
+  };
+  if (kend > 0) load_tile(0, 0);
+  asm volatile("cp.async.commit_group;" ::: "memory");
+  int stage = 0;
+  for (long long k0 = 0; k0 < kend; k0 += BN, stage ^= 1) {
+    if (k0 + BN < kend) load_tile(k0 + BN, stage ^ 1);
+    asm volatile("cp.async.commit_group;" ::: "memory");
+    asm volatile("cp.async.wait_group 1;" ::: "memory");
     __syncthreads();
+    const unsigned short* ks = smem + stage * 2 * BN * LD;
+    const unsigned short* vs = ks + BN * LD;
     float sc[BN / 8][4];
     #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
       sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
       #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const unsigned short* kr = ks + (nt * 8 + g) * LD + kk * 16 + tg * 2;
-        const unsigned int bf[2] = {*(const unsigned int*)kr, *(const unsigned int*)(kr + 8)};
-        st_mma<BF>(sc[nt], qf[kk], bf);
+      for (int k2 = 0; k2 < D / 32; ++k2) {
+        // Keys nt*8.. (rows) by 32 head columns: B fragments of two k-steps.
+        unsigned int bf[4];
+        st_ldsm4(bf, ks + (nt * 8 + (lane & 7)) * LD + k2 * 32 + (lane >> 3) * 8);
+        st_mma<BF>(sc[nt], qf[2 * k2], bf);
+        st_mma<BF>(sc[nt], qf[2 * k2 + 1], bf + 2);
       }
     }
+    // Masking is needed only where this warp's tile reaches past the last key
+    // or (causal) past its first row's diagonal.
+    const bool edge = k0 + BN > m.t || (m.causal && k0 + BN - 1 > q0 + warp * 16 + shift);
     float nm0 = mx0, nm1 = mx1;
     #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
       #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const long long key = k0 + nt * 8 + tg * 2 + (e & 1);
-        const long long row = e < 2 ? r0 : r1;
         float x = sc[nt][e] * m.scale_log2;
-        if (key >= m.t || (m.causal && key > row + shift)) x = -INFINITY;
+        if (edge) {
+          const long long key = k0 + nt * 8 + tg * 2 + (e & 1);
+          const long long row = e < 2 ? r0 : r1;
+          if (key >= m.t || (m.causal && key > row + shift)) x = -INFINITY;
+        }
         sc[nt][e] = x;
         if (e < 2) nm0 = fmaxf(nm0, x); else nm1 = fmaxf(nm1, x);
       }
@@ -596,13 +634,16 @@ __device__ __forceinline__ void st_flash(const FlashMeta m, const unsigned short
       const unsigned int pa[4] = {st_pack2<BF>(sc[2 * kk][0], sc[2 * kk][1]), st_pack2<BF>(sc[2 * kk][2], sc[2 * kk][3]),
                                   st_pack2<BF>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]), st_pack2<BF>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
       #pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        const unsigned short* vc = vs + (kk * 16 + tg * 2) * LD + dt * 8 + g;
-        const unsigned int bf[2] = {(unsigned int)vc[0] | ((unsigned int)vc[LD] << 16),
-                                    (unsigned int)vc[8 * LD] | ((unsigned int)vc[9 * LD] << 16)};
-        st_mma<BF>(o[dt], pa, bf);
+      for (int d2 = 0; d2 < D / 16; ++d2) {
+        // 16 keys by two 8-column head tiles, transposed: B fragments of two n-tiles.
+        unsigned int bf[4];
+        st_ldsm4t(bf, vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (2 * d2 + (lane >> 4)) * 8);
+        st_mma<BF>(o[2 * d2], pa, bf);
+        st_mma<BF>(o[2 * d2 + 1], pa, bf + 2);
       }
     }
+    // Every warp is done with this stage before the next iteration refills it.
+    __syncthreads();
   }
   l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
   l0 += __shfl_xor_sync(0xffffffffu, l0, 2);

@@ -1295,8 +1295,16 @@ impl CudaBackend {
         let cfg = LaunchConfig {
             grid_dim: (s.div_ceil(kernels::FLASH_BM) as u32, (b * h) as u32, 1),
             block_dim: (kernels::FLASH_THREADS, 1, 1),
-            shared_mem_bytes: (2 * kernels::FLASH_BN * (d + 8) * 2) as u32,
+            // Two stages of K and V tiles, rows padded by 8 halves.
+            shared_mem_bytes: (2 * 2 * kernels::FLASH_BN * (d + 8) * 2) as u32,
         };
+        if cfg.shared_mem_bytes > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                cfg.shared_mem_bytes as i32,
+            )
+            .map_err(|e| err(format!("CUDA: {e}")))?;
+        }
         let mut bld = self.stream.launch_builder(&f);
         bld.arg(&m).arg(&pq).arg(&pk).arg(&pv).arg(&po);
         // SAFETY: `m` describes the live q/k/v views (unit head stride, aligned
@@ -1335,7 +1343,8 @@ impl CudaBackend {
         if rows == 0 || dv == 0 {
             return Ok(out);
         }
-        let target = 2 * self.sm_count as usize;
+        // Enough (row, chunk) blocks of four warps to fill every SM several times.
+        let target = 8 * self.sm_count as usize;
         let max_splits = t.div_ceil(32).max(1);
         let want = target.div_ceil(rows).clamp(1, max_splits);
         let chunk = t.div_ceil(want).max(1);
