@@ -547,6 +547,7 @@ impl Executable {
             backends.len(),
             &|b, n| backends[b].supports_inputs(n, &input_types_of(&graph, n)),
             &names,
+            backends.iter().position(|b| b.is_host()),
         )?;
         report.placement = placement.stats;
         report.nodes_after.push(("place", graph.nodes().len()));

@@ -9,6 +9,12 @@
 //! consumed on a backend other than the one that produced it, an
 //! [`Op::Copy`] node moves it there — once per (value, backend), shared by all
 //! consumers — so every transfer is a visible, counted step of the plan.
+//!
+//! One exception: the write position of `slice_update` is read by the
+//! executor on the host. A constant or input feeding it is placed on the host
+//! backend, and no copy to the device is made for it, so an in-place cache
+//! update costs no device-to-host round trip (which would also stall the
+//! device's queue once per update).
 
 use std::collections::HashMap;
 
@@ -46,6 +52,7 @@ pub fn place(
     n_backends: usize,
     supports: &dyn Fn(usize, &Node) -> bool,
     backend_names: &[&str],
+    host: Option<usize>,
 ) -> Result<(Graph, Vec<Value>, Placement)> {
     let nodes = graph.nodes();
     // Pass 1: a backend for every kernel node.
@@ -64,12 +71,17 @@ pub fn place(
             })?;
         device[i] = Some(d);
     }
-    // Constants and inputs go where they are first consumed; variables and state on the primary.
+    // Constants and inputs go where they are first consumed (slice_update's
+    // position: on the host); variables and state on the primary.
     for (i, node) in nodes.iter().enumerate() {
-        for v in &node.inputs {
+        for (k, v) in node.inputs.iter().enumerate() {
             let src = v.node.0 as usize;
             if device[src].is_none() && matches!(nodes[src].op, Op::Constant(_) | Op::Placeholder { .. }) {
-                device[src] = Some(device[i].unwrap_or(0));
+                let on_host = k == 1 && matches!(node.op, Op::SliceUpdate(_));
+                device[src] = Some(match host {
+                    Some(h) if on_host => h,
+                    _ => device[i].unwrap_or(0),
+                });
             }
         }
     }
@@ -85,9 +97,10 @@ pub fn place(
         let d = device[index];
         index += 1;
         let mut mapped = Vec::with_capacity(inputs.len());
-        for &v in inputs {
+        let position_of_update = |k: usize| k == 1 && matches!(node.op, Op::SliceUpdate(_));
+        for (k, &v) in inputs.iter().enumerate() {
             let from = value_device.get(&v).copied().unwrap_or(0);
-            if from == d {
+            if from == d || position_of_update(k) {
                 mapped.push(v);
                 continue;
             }
@@ -142,7 +155,7 @@ mod tests {
         let c = g.add(b, a).unwrap();
         let d = g.mul(b, c).unwrap();
         let supports = |dev: usize, n: &Node| dev == 1 || n.op.kind() != "exp";
-        let (p, outs, placement) = place(&g, &[d], 2, &supports, &["dev", "cpu"]).unwrap();
+        let (p, outs, placement) = place(&g, &[d], 2, &supports, &["dev", "cpu"], Some(1)).unwrap();
         assert_eq!(placement.devices.len(), p.nodes().len());
         let kinds: Vec<(String, usize)> = p
             .nodes()
@@ -177,7 +190,7 @@ mod tests {
         let one = g.scalar(DType::F32, 1.0);
         let y = g.add(x, one).unwrap();
         let supports = |dev: usize, n: &Node| dev == 1 || n.op.kind() != "add";
-        let (p, _, placement) = place(&g, &[y], 2, &supports, &["dev", "cpu"]).unwrap();
+        let (p, _, placement) = place(&g, &[y], 2, &supports, &["dev", "cpu"], Some(1)).unwrap();
         // x and the constant are placed on the CPU, where add reads them: no copies.
         assert_eq!(placement.stats.copies, 0);
         let c = p.nodes().iter().position(|n| matches!(n.op, Op::Constant(_))).unwrap();
@@ -188,5 +201,28 @@ mod tests {
             .position(|n| matches!(n.op, Op::Placeholder { .. }))
             .unwrap();
         assert_eq!(placement.devices[x], 1);
+    }
+
+    #[test]
+    fn a_slice_update_position_stays_on_the_host_without_copies() {
+        use crate::tensor::Tensor;
+        let mut g = Graph::new();
+        let cache = g.variable("cache", Tensor::from_vec(vec![0.5f32; 8], &[8]).unwrap());
+        let u = g.placeholder("u", DType::F32, [2]);
+        let pos = g.placeholder("pos", DType::I64, [1]);
+        let y = g.exp(u).unwrap();
+        g.slice_update(cache, y, pos).unwrap();
+        let supports = |_: usize, _: &Node| true;
+        let (p, _, placement) = place(&g, &[y], 2, &supports, &["dev", "cpu"], Some(1)).unwrap();
+        assert_eq!(placement.stats.copies, 0);
+        let at = |name: &str| {
+            let i = p.nodes().iter().position(|n| n.name == name).unwrap();
+            placement.devices[i]
+        };
+        assert_eq!(at("pos"), 1, "the position is read on the host");
+        assert_eq!(at("u"), 0, "the update's input stays on the device");
+        // Without a host backend it stays with its consumer, as before.
+        let (_, _, placement) = place(&g, &[y], 2, &supports, &["dev", "cpu"], None).unwrap();
+        assert_eq!(placement.stats.copies, 0);
     }
 }
