@@ -200,6 +200,45 @@ fn elem_ptr(t: &Tensor, stream: &CudaStream) -> Result<u64> {
     Ok(base + (t.offset() * t.dtype().size_in_bytes()) as u64)
 }
 
+/// Lets `f` use `bytes` of dynamic shared memory (past the default 48 KiB).
+fn allow_shared(f: &CudaFunction, bytes: u32) -> Result<()> {
+    if bytes > 48 * 1024 {
+        f.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .map_err(|e| err(format!("CUDA: {e}")))?;
+    }
+    Ok(())
+}
+
+/// An attention mask's kernel arguments: its strides broadcast to
+/// `[B, H, S, T]`, its kind (1 bool, 2/3/4 additive f32/f16/bf16) and address;
+/// kind 0 and address 0 without a mask.
+fn mask_args(
+    node: &Node,
+    mask: Option<&Tensor>,
+    dims: [usize; 4],
+    stream: &CudaStream,
+) -> Result<([i64; 4], i32, u64)> {
+    let Some(mask) = mask else {
+        return Ok(([0; 4], 0, 0));
+    };
+    let mb = mask.broadcast_to(&dims)?;
+    let mut ms = [0i64; 4];
+    for (i, m) in ms.iter_mut().enumerate() {
+        *m = mb.strides()[i] as i64;
+    }
+    let kind = match mask.dtype() {
+        DType::Bool => 1,
+        DType::F32 => 2,
+        DType::F16 => 3,
+        DType::BF16 => 4,
+        dt => return Err(err(format!("CUDA sdpa `{}`: mask dtype {dt}", node.name))),
+    };
+    Ok((ms, kind, elem_ptr(mask, stream)?))
+}
+
 fn contiguous_strides(shape: &[usize]) -> Vec<i64> {
     let mut s = vec![0i64; shape.len()];
     let mut acc = 1i64;
@@ -1187,21 +1226,14 @@ impl CudaBackend {
             m.ks[i] = kb.strides()[i] as i64;
             m.vs[i] = vb.strides()[i] as i64;
         }
-        let mask_ptr = match inputs.get(3) {
-            Some(mask) => {
-                let mb = mask.broadcast_to(&[b, h, s, t])?;
-                for i in 0..4 {
-                    m.ms[i] = mb.strides()[i] as i64;
-                }
-                m.mask_kind = match mask.dtype() {
-                    DType::Bool => 1,
-                    DType::F32 => 2,
-                    dt => return Err(err(format!("CUDA sdpa `{}`: mask dtype {dt}", node.name))),
-                };
-                elem_ptr(mask, &self.stream)?
-            }
-            None => 0u64,
-        };
+        let (ms, kind, mask_ptr) = mask_args(node, mask, [b, h, s, t], &self.stream)?;
+        if kind > 2 {
+            return Err(err(format!(
+                "CUDA sdpa `{}`: the per-row kernel takes bool or f32 masks",
+                node.name
+            )));
+        }
+        (m.ms, m.mask_kind) = (ms, kind);
         let out = self.alloc(DType::F32, &[b, h, s, dv])?;
         let rows = b * h * s;
         if rows == 0 || dv == 0 {
@@ -1219,13 +1251,7 @@ impl CudaBackend {
             block_dim: (kernels::ATTN_THREADS, 1, 1),
             shared_mem_bytes: (t.max(1) * 4) as u32,
         };
-        if cfg.shared_mem_bytes > 48 * 1024 {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                cfg.shared_mem_bytes as i32,
-            )
-            .map_err(|e| err(format!("CUDA: {e}")))?;
-        }
+        allow_shared(&f, cfg.shared_mem_bytes)?;
         let mut bld = self.stream.launch_builder(&f);
         bld.arg(&m).arg(&pq).arg(&pk).arg(&pv).arg(&mask_ptr).arg(&po);
         // SAFETY: strides and sizes in `m` describe the live q/k/v/mask tensors.
@@ -1298,13 +1324,7 @@ impl CudaBackend {
             // Two stages of K and V tiles, rows padded by 8 halves.
             shared_mem_bytes: (2 * 2 * kernels::FLASH_BN * (d + 8) * 2) as u32,
         };
-        if cfg.shared_mem_bytes > 48 * 1024 {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                cfg.shared_mem_bytes as i32,
-            )
-            .map_err(|e| err(format!("CUDA: {e}")))?;
-        }
+        allow_shared(&f, cfg.shared_mem_bytes)?;
         let mut bld = self.stream.launch_builder(&f);
         bld.arg(&m).arg(&pq).arg(&pk).arg(&pv).arg(&po);
         // SAFETY: `m` describes the live q/k/v views (unit head stride, aligned
@@ -1368,23 +1388,8 @@ impl CudaBackend {
             m.ks[i] = kb.strides()[i] as i64;
             m.vs[i] = vb.strides()[i] as i64;
         }
-        let mask_ptr = match mask {
-            Some(mask) => {
-                let mb = mask.broadcast_to(&[b, h, s, t])?;
-                for i in 0..4 {
-                    m.ms[i] = mb.strides()[i] as i64;
-                }
-                m.mask_kind = match mask.dtype() {
-                    DType::Bool => 1,
-                    DType::F32 => 2,
-                    DType::F16 => 3,
-                    DType::BF16 => 4,
-                    dt => return Err(err(format!("CUDA sdpa `{}`: mask dtype {dt}", node.name))),
-                };
-                elem_ptr(mask, &self.stream)?
-            }
-            None => 0u64,
-        };
+        let (ms, kind, mask_ptr) = mask_args(node, mask, [b, h, s, t], &self.stream)?;
+        (m.ms, m.mask_kind) = (ms, kind);
         let suffix = match q.dtype() {
             DType::F32 => "f32",
             DType::F16 => "f16",

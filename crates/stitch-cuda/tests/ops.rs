@@ -559,6 +559,20 @@ fn both_on(
     (got, want, fallbacks)
 }
 
+/// A random attention mask of `shape` (`[.., S, T]`): additive values in
+/// [-2, 2), or booleans that keep at least each row's first key.
+fn attention_mask(r: &mut ChaCha8Rng, dtype: DType, shape: [usize; 4]) -> Tensor {
+    let tm = random(r, dtype, &shape, -2.0, 2.0);
+    if dtype != DType::Bool {
+        return tm;
+    }
+    let mut vals = tm.to_f64_vec();
+    for row in vals.chunks_mut(shape[3]) {
+        row[0] = 1.0;
+    }
+    Tensor::from_f64(DType::Bool, &vals, &shape).unwrap()
+}
+
 /// Tolerance of results in `dtype` relative to the largest reference value.
 fn tol(dtype: DType) -> f64 {
     match dtype {
@@ -608,17 +622,8 @@ fn attention_in_16_bit_on_tensor_cores_and_split_kv() {
             ("v", random(&mut r, dt, &[b, hk, t, d], -1.0, 1.0)),
         ];
         let m = mask.map(|mdt| {
-            let mv = g.placeholder("mask", mdt, [1, 1, s, t]);
-            let mut tm = random(&mut r, mdt, &[1, 1, s, t], -2.0, 2.0);
-            if mdt == DType::Bool {
-                let mut vals = tm.to_f64_vec();
-                for i in 0..s {
-                    vals[i * t] = 1.0;
-                }
-                tm = Tensor::from_f64(DType::Bool, &vals, &[1, 1, s, t]).unwrap();
-            }
-            ins.push(("mask", tm));
-            mv
+            ins.push(("mask", attention_mask(&mut r, mdt, [1, 1, s, t])));
+            g.placeholder("mask", mdt, [1, 1, s, t])
         });
         let y = g.sdpa(q, k, v, m, SdpaAttrs { scale: None, causal }).unwrap();
         let what = format!("sdpa {dt} b={b} h={h}/{hk} s={s} t={t} d={d} causal={causal} mask={mask:?}");
@@ -658,17 +663,8 @@ fn attention_in_f32_split_kv_and_per_row() {
             ("v", random(&mut r, DType::F32, &[b, hk, t, d], -1.0, 1.0)),
         ];
         let m = mask.map(|mdt| {
-            let mv = g.placeholder("mask", mdt, [b, 1, s, t]);
-            let mut tm = random(&mut r, mdt, &[b, 1, s, t], -2.0, 2.0);
-            if mdt == DType::Bool {
-                let mut vals = tm.to_f64_vec();
-                for i in 0..b * s {
-                    vals[i * t] = 1.0;
-                }
-                tm = Tensor::from_f64(DType::Bool, &vals, &[b, 1, s, t]).unwrap();
-            }
-            ins.push(("mask", tm));
-            mv
+            ins.push(("mask", attention_mask(&mut r, mdt, [b, 1, s, t])));
+            g.placeholder("mask", mdt, [b, 1, s, t])
         });
         let y = g
             .sdpa(
