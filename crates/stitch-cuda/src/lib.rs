@@ -167,7 +167,7 @@ pub struct CudaBackend {
     functions: Mutex<HashMap<String, CudaFunction>>,
     /// Fused-region kernels by the address of their `Region` (checked for
     /// equality on a hit), so the hot path builds no string key.
-    region_fns: Mutex<HashMap<usize, (Region, Vec<DType>, CudaFunction)>>,
+    region_fns: Mutex<HashMap<usize, RegionKernel>>,
     /// Attention launches per kernel: tensor-core, split-KV, one block per row.
     attn_paths: [std::sync::atomic::AtomicUsize; 3],
     cache: KernelCache,
@@ -182,6 +182,9 @@ impl std::fmt::Debug for CudaBackend {
         write!(f, "CudaBackend({}, {})", self.name, self.arch)
     }
 }
+
+/// A region, the input dtypes it was compiled for, and its kernel.
+type RegionKernel = (Region, Vec<DType>, CudaFunction);
 
 /// Everything a `Region` kernel is specialised on.
 fn region_key(region: &Region, inputs: &[DType]) -> String {
@@ -1281,14 +1284,17 @@ impl CudaBackend {
         );
         let unit = |x: &Tensor| x.strides()[3] == 1;
         let every = |x: &Tensor, n: isize| x.strides()[..3].iter().all(|&st| st % n == 0);
-        if !(unit(q) && unit(&kb) && unit(&vb))
-            || !every(q, 2)
-            || pq % 4 != 0
-            || !every(&kb, 8)
-            || !every(&vb, 8)
-            || pk % 16 != 0
-            || pv % 16 != 0
-        {
+        // q is read 4 bytes at a time, K and V rows 16 bytes at a time.
+        let fits = unit(q)
+            && unit(&kb)
+            && unit(&vb)
+            && every(q, 2)
+            && pq % 4 == 0
+            && every(&kb, 8)
+            && every(&vb, 8)
+            && pk % 16 == 0
+            && pv % 16 == 0;
+        if !fits {
             return Ok(None);
         }
         let mut m = kernels::FlashMeta {
