@@ -1,8 +1,11 @@
 //! The Llama-family decoder, built with the graph API.
 //!
-//! RMSNorm, RoPE (the model's base; GGUF's adjacent-pair layout), grouped-query
-//! attention through the fused `sdpa` op, a SwiGLU MLP and tied or separate
-//! output embeddings. Linear layers read packed quantized weights through
+//! RMSNorm, RoPE (the model's base; GGUF llama's adjacent-pair layout, or
+//! Qwen2's halves; Llama 3 frequency factors, linear or YaRN scaling, all
+//! folded into the cos/sin tables as llama.cpp computes them), grouped-query
+//! attention through the fused `sdpa` op, optional Q/K/V/output biases, a
+//! SwiGLU MLP and tied or separate output embeddings. Architectures `llama`
+//! and `qwen2`. Linear layers read packed quantized weights through
 //! `quant_matmul`; nothing is expanded at load.
 //!
 //! Two executables share one [`State`]: *prefill* (a whole prompt, symbolic

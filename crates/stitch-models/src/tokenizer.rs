@@ -2,9 +2,11 @@
 //!
 //! A [`Tokenizer`] is built from a GGUF file's vocabulary
 //! ([`Tokenizer::from_gguf`]: gpt2-style byte-level BPE with merges, with the
-//! pre-tokenizer `tokenizer.ggml.pre` names, as llama.cpp maps it) or loaded
-//! from a `tokenizer.json` ([`Tokenizer::from_file`]). Control and
-//! user-defined tokens are registered as special tokens, so that they are
+//! pre-tokenizer `tokenizer.ggml.pre` names, as llama.cpp maps it; or a
+//! SentencePiece vocabulary with scores, `tokenizer.ggml.model = llama`, as
+//! llama.cpp's SPM tokenizer reads it) or loaded from a `tokenizer.json`
+//! ([`Tokenizer::from_file`]). Control and user-defined tokens (and, for
+//! SentencePiece, the unknown token) are registered as special tokens, so that they are
 //! recognised when written in a raw prompt (as llama.cpp does with
 //! `parse_special`). [`StreamDecoder`] turns generated ids into text without
 //! ever splitting a UTF-8 character. [`ChatTemplate`] renders conversations
@@ -93,7 +95,7 @@ impl Tokenizer {
         }
         let flag = |k: &str| g.get(k).and_then(Value::as_bool);
         let (mut inner, add_bos) = match model {
-            "gpt2" => (gpt2_bpe(g, &tokens, &types)?, flag("tokenizer.ggml.add_bos_token").unwrap_or(false)),
+            "gpt2" => (gpt2_bpe(g, &tokens)?, flag("tokenizer.ggml.add_bos_token").unwrap_or(false)),
             // llama.cpp's SPM defaults: BOS added, a space put before the text.
             "llama" => (
                 sentencepiece_bpe(g, &tokens, flag("tokenizer.ggml.add_space_prefix").unwrap_or(true))?,
@@ -231,7 +233,7 @@ impl Tokenizer {
 }
 
 /// A gpt2-style byte-level BPE vocabulary with its merges.
-fn gpt2_bpe(g: &Gguf, tokens: &[String], _types: &[i64]) -> Result<tokenizers::Tokenizer> {
+fn gpt2_bpe(g: &Gguf, tokens: &[String]) -> Result<tokenizers::Tokenizer> {
     let merges: Vec<(String, String)> = match g.get("tokenizer.ggml.merges").and_then(Value::as_array) {
         Some(m) => m
             .iter()
@@ -278,11 +280,8 @@ fn sentencepiece_bpe(g: &Gguf, tokens: &[String], add_space_prefix: bool) -> Res
             tokens.len()
         )));
     }
-    // First id of each text (llama.cpp's text-to-token map keeps the last; real vocabularies have no duplicates).
-    let mut vocab: tokenizers::models::bpe::Vocab = Default::default();
-    for (i, t) in tokens.iter().enumerate() {
-        vocab.entry(t.clone()).or_insert(i as u32);
-    }
+    // A text listed twice maps to its last id, as in llama.cpp's text-to-token map.
+    let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     let mut ranked: Vec<(f64, u32, usize, &str, &str)> = Vec::new();
     for (text, &id) in &vocab {
         let score = scores[id as usize];
