@@ -1,8 +1,11 @@
 //! The Llama-family decoder, built with the graph API.
 //!
-//! RMSNorm, RoPE (the model's base; GGUF's adjacent-pair layout), grouped-query
-//! attention through the fused `sdpa` op, a SwiGLU MLP and tied or separate
-//! output embeddings. Linear layers read packed quantized weights through
+//! RMSNorm, RoPE (the model's base; GGUF llama's adjacent-pair layout, or
+//! Qwen2's halves; Llama 3 frequency factors, linear or YaRN scaling, all
+//! folded into the cos/sin tables as llama.cpp computes them), grouped-query
+//! attention through the fused `sdpa` op, optional Q/K/V/output biases, a
+//! SwiGLU MLP and tied or separate output embeddings. Architectures `llama`
+//! and `qwen2`. Linear layers read packed quantized weights through
 //! `quant_matmul`; nothing is expanded at load.
 //!
 //! Two executables share one [`State`]: *prefill* (a whole prompt, symbolic
@@ -20,7 +23,7 @@ use stitch_core::{
     Backend, CompileOptions, DType, Dim, Error, Executable, Graph, QuantFormat, Result, State, Tensor, Value, VarId,
 };
 
-use crate::gguf::{Gguf, GgufTensor};
+use crate::gguf::{Gguf, GgufTensor, Value as GgufValue};
 
 /// Model hyper-parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,19 +48,123 @@ pub struct LlamaConfig {
     pub rope_base: f64,
     /// Context the model was trained for.
     pub train_ctx: usize,
+    /// Which elements RoPE rotates together.
+    pub rope_style: RopeStyle,
+    /// How positions are stretched beyond the training context.
+    pub rope_scaling: RopeScaling,
+    /// Per-frequency divisors of the rotation angles (`rope_freqs.weight`,
+    /// Llama 3's long-context factors), `head_dim / 2` of them.
+    pub rope_freq_factors: Option<Vec<f32>>,
+    /// Q, K and V projections carry biases (Qwen2 requires them; Llama uses them when the file has them).
+    pub qkv_bias: bool,
+}
+
+/// The pairing RoPE rotates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RopeStyle {
+    /// Elements `2i` and `2i + 1` (llama.cpp's "normal" RoPE; GGUF llama files
+    /// are converted to it).
+    #[default]
+    Adjacent,
+    /// Elements `i` and `i + head_dim / 2` (GPT-NeoX's layout; Qwen2).
+    Halves,
+}
+
+/// RoPE scaling, as GGUF's `rope.scaling.*` keys give it.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum RopeScaling {
+    /// Angles as trained.
+    #[default]
+    None,
+    /// Positions divided by `factor` (`rope.scaling.type = linear`).
+    Linear {
+        /// `rope.scaling.factor`.
+        factor: f64,
+    },
+    /// YaRN (`rope.scaling.type = yarn`): low frequencies interpolated, high
+    /// ones kept, a ramp between, and the rotation magnitude scaled.
+    Yarn {
+        /// `rope.scaling.factor`.
+        factor: f64,
+        /// `rope.scaling.original_context_length` (else the training context).
+        original_ctx: usize,
+        /// `rope.scaling.attn_factor` (else 1).
+        attn_factor: f64,
+        /// Rotations per context below which a frequency is fully interpolated (llama.cpp's default 1).
+        beta_slow: f64,
+        /// Rotations per context above which a frequency is kept (llama.cpp's default 32).
+        beta_fast: f64,
+    },
 }
 
 impl LlamaConfig {
-    /// Reads the hyper-parameters of a `llama` GGUF file.
+    /// Cosines and sines of the RoPE angles for `positions`, `[pos][head_dim / 2]`
+    /// row-major, computed as llama.cpp's `ggml_rope_ext` does (frequency
+    /// factors, then linear or YaRN scaling; YaRN also scales the magnitude).
+    pub fn rope_tables(&self, positions: std::ops::Range<usize>) -> (Vec<f32>, Vec<f32>) {
+        let (hd, half) = (self.head_dim, self.head_dim / 2);
+        let freq_scale = match self.rope_scaling {
+            RopeScaling::None => 1.0,
+            RopeScaling::Linear { factor } | RopeScaling::Yarn { factor, .. } => 1.0 / factor,
+        };
+        // YaRN's correction range in dimension pairs, and the magnitude scale.
+        let (ramp_dims, mscale) = match self.rope_scaling {
+            RopeScaling::Yarn {
+                original_ctx,
+                attn_factor,
+                beta_slow,
+                beta_fast,
+                ..
+            } => {
+                let corr_dim = |rotations: f64| {
+                    hd as f64 * (original_ctx as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                        / (2.0 * self.rope_base.ln())
+                };
+                let low = corr_dim(beta_fast).floor().max(0.0);
+                let high = corr_dim(beta_slow).ceil().min(hd as f64 - 1.0);
+                (Some((low, high)), attn_factor * (1.0 + 0.1 * (1.0 / freq_scale).ln()))
+            }
+            _ => (None, 1.0),
+        };
+        let n = positions.len() * half;
+        let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for p in positions {
+            for j in 0..half {
+                let ff = self.rope_freq_factors.as_ref().map_or(1.0, |f| f[j] as f64);
+                let extrapolated = p as f64 * self.rope_base.powf(-2.0 * j as f64 / hd as f64) / ff;
+                let interpolated = extrapolated * freq_scale;
+                let theta = match ramp_dims {
+                    Some((low, high)) => {
+                        let y = (j as f64 - low) / (high - low).max(0.001);
+                        let mix = 1.0 - y.clamp(0.0, 1.0);
+                        interpolated * (1.0 - mix) + extrapolated * mix
+                    }
+                    None => interpolated,
+                };
+                cos.push((theta.cos() * mscale) as f32);
+                sin.push((theta.sin() * mscale) as f32);
+            }
+        }
+        (cos, sin)
+    }
+}
+
+impl LlamaConfig {
+    /// Reads the hyper-parameters of a `llama` or `qwen2` GGUF file.
     pub fn from_gguf(g: &Gguf) -> Result<LlamaConfig> {
         let arch = g.get_str("general.architecture")?;
-        if arch != "llama" {
-            return Err(Error::invalid(format!(
-                "{}: architecture `{arch}` is not supported (llama is)",
-                g.path()
-            )));
-        }
-        let k = |s: &str| format!("llama.{s}");
+        // llama.cpp's RoPE layout per architecture; Qwen2 also requires Q/K/V biases.
+        let (rope_style, qkv_bias) = match arch {
+            "llama" => (RopeStyle::Adjacent, false),
+            "qwen2" => (RopeStyle::Halves, true),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{}: architecture `{arch}` (general.architecture) is not supported (llama and qwen2 are)",
+                    g.path()
+                )))
+            }
+        };
+        let k = |s: &str| format!("{arch}.{s}");
         let dim = g.get_usize(&k("embedding_length"))?;
         let n_heads = g.get_usize(&k("attention.head_count"))?;
         let n_kv_heads = g
@@ -81,12 +188,20 @@ impl LlamaConfig {
                 dim / n_heads
             )));
         }
-        if g.get(&k("rope.scaling.type")).is_some() {
-            return Err(Error::invalid(format!(
-                "{}: RoPE scaling is not supported yet",
-                g.path()
-            )));
-        }
+        let train_ctx = g.get_usize(&k("context_length")).unwrap_or(2048);
+        let rope_scaling = rope_scaling(g, arch, train_ctx)?;
+        let rope_freq_factors = match g.weight("rope_freqs.weight")? {
+            None => None,
+            Some(Weight::Dense(t)) if t.shape() == [head_dim / 2] => Some(t.to_vec::<f32>()?),
+            Some(w) => {
+                return Err(Error::invalid(format!(
+                    "{}: rope_freqs.weight has shape {:?}, expected [{}] in f32/f16",
+                    g.path(),
+                    w.shape(),
+                    head_dim / 2
+                )))
+            }
+        };
         let vocab = match g.get(&k("vocab_size")).and_then(|v| v.as_u64()) {
             Some(v) => v as usize,
             None => g.require("tokenizer.ggml.tokens")?.as_array().map_or(0, |a| a.len()),
@@ -101,9 +216,53 @@ impl LlamaConfig {
             vocab,
             eps: g.get_f64(&k("attention.layer_norm_rms_epsilon"))?,
             rope_base: g.get(&k("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10000.0),
-            train_ctx: g.get_usize(&k("context_length")).unwrap_or(2048),
+            train_ctx,
+            rope_style,
+            rope_scaling,
+            rope_freq_factors,
+            qkv_bias,
         })
     }
+}
+
+/// The `{arch}.rope.scaling.*` keys, read as llama.cpp reads them (type
+/// `linear` when absent; factor 0 or 1 means none).
+fn rope_scaling(g: &Gguf, arch: &str, train_ctx: usize) -> Result<RopeScaling> {
+    let key = |s: &str| format!("{arch}.rope.scaling.{s}");
+    let kind = match g.get(&key("type")) {
+        None => "linear",
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| Error::invalid(format!("{}: {} is not a string", g.path(), key("type"))))?,
+    };
+    let factor = g
+        .get(&key("factor"))
+        .or_else(|| g.get(&format!("{arch}.rope.scale_linear")))
+        .and_then(GgufValue::as_f64)
+        .unwrap_or(0.0);
+    let scaled = factor != 0.0 && factor != 1.0;
+    Ok(match kind {
+        "none" => RopeScaling::None,
+        "linear" if scaled => RopeScaling::Linear { factor },
+        "linear" => RopeScaling::None,
+        "yarn" => RopeScaling::Yarn {
+            factor: if factor == 0.0 { 1.0 } else { factor },
+            original_ctx: g
+                .get(&key("original_context_length"))
+                .and_then(GgufValue::as_u64)
+                .map_or(train_ctx, |v| v as usize),
+            attn_factor: g.get(&key("attn_factor")).and_then(GgufValue::as_f64).unwrap_or(1.0),
+            beta_slow: 1.0,
+            beta_fast: 32.0,
+        },
+        other => {
+            return Err(Error::invalid(format!(
+                "{}: {} = `{other}` is not supported (none, linear and yarn are)",
+                g.path(),
+                key("type")
+            )))
+        }
+    })
 }
 
 /// A weight: dense f32 or packed quantized rows.
@@ -238,10 +397,23 @@ pub fn build(cfg: &LlamaConfig, w: &dyn WeightSource, seq: Dim, ctx: usize) -> R
         }
     };
 
+    // Halves-style RoPE multiplies `[seq, heads, 2, hd/2]` by angles laid out `[seq, 1, 1, hd/2]`.
+    let (cos, sin) = match cfg.rope_style {
+        RopeStyle::Adjacent => (cos, sin),
+        RopeStyle::Halves => {
+            let shape = [0, 1, 1, (hd / 2) as i64];
+            (g.reshape(cos, &shape)?, g.reshape(sin, &shape)?)
+        }
+    };
     let rope = |g: &mut Graph, t: Value, heads: usize| -> Result<Value> {
-        // [seq, heads*hd] → [seq, heads, hd/2, 2]: adjacent pairs rotate together.
-        let t = g.reshape(t, &[0, heads as i64, (hd / 2) as i64, 2])?;
-        let parts = g.split(t, -1, &[1, 1])?;
+        // Adjacent: [seq, heads*hd] → [seq, heads, hd/2, 2], pairs (2i, 2i+1) rotate together.
+        // Halves:   [seq, heads*hd] → [seq, heads, 2, hd/2], pairs (i, i+hd/2) rotate together.
+        let (shape, axis) = match cfg.rope_style {
+            RopeStyle::Adjacent => ([0, heads as i64, (hd / 2) as i64, 2], -1),
+            RopeStyle::Halves => ([0, heads as i64, 2, (hd / 2) as i64], -2),
+        };
+        let t = g.reshape(t, &shape)?;
+        let parts = g.split(t, axis, &[1, 1])?;
         let (a, b) = (parts[0], parts[1]);
         let ac = g.mul(a, cos)?;
         let bs = g.mul(b, sin)?;
@@ -249,11 +421,30 @@ pub fn build(cfg: &LlamaConfig, w: &dyn WeightSource, seq: Dim, ctx: usize) -> R
         let as_ = g.mul(a, sin)?;
         let bc = g.mul(b, cos)?;
         let r1 = g.add(as_, bc)?;
-        let r = g.concat(&[r0, r1], -1)?;
+        let r = g.concat(&[r0, r1], axis)?;
         // → [1, heads, seq, hd]
         let r = g.reshape(r, &[0, heads as i64, hd as i64])?;
         let r = g.unsqueeze(r, &[0])?;
         g.transpose(r, &[0, 2, 1, 3])
+    };
+    // `x @ wᵀ + b`, the bias optional unless `required`.
+    let projection = |g: &mut Graph, x: Value, name: &str, rows: usize, cols: usize, required: bool| -> Result<Value> {
+        let y = linear(g, x, &need(w, &format!("{name}.weight"), &[rows, cols])?)?;
+        let bias_name = format!("{name}.bias");
+        match w.weight(&bias_name)? {
+            Some(Weight::Dense(b)) if b.shape() == [rows] => {
+                let b = g.constant(b);
+                g.add(y, b)
+            }
+            Some(b) => Err(Error::invalid(format!(
+                "weight `{bias_name}` has shape {:?}, the config needs [{rows}] (f32/f16)",
+                b.shape()
+            ))),
+            None if required => Err(Error::invalid(format!(
+                "weight `{bias_name}` is missing from the model"
+            ))),
+            None => Ok(y),
+        }
     };
 
     let mut caches = Vec::with_capacity(2 * n_layers);
@@ -265,9 +456,10 @@ pub fn build(cfg: &LlamaConfig, w: &dyn WeightSource, seq: Dim, ctx: usize) -> R
             _ => return Err(Error::invalid(format!("{} must be f32", p("attn_norm")))),
         };
         let h = g.rms_norm(x, attn_norm, -1, eps)?;
-        let q = linear(&mut g, h, &need(w, &p("attn_q"), &[n_heads * hd, dim])?)?;
-        let k = linear(&mut g, h, &need(w, &p("attn_k"), &[n_kv_heads * hd, dim])?)?;
-        let v = linear(&mut g, h, &need(w, &p("attn_v"), &[n_kv_heads * hd, dim])?)?;
+        let b = |s: &str| format!("blk.{l}.{s}");
+        let q = projection(&mut g, h, &b("attn_q"), n_heads * hd, dim, cfg.qkv_bias)?;
+        let k = projection(&mut g, h, &b("attn_k"), n_kv_heads * hd, dim, cfg.qkv_bias)?;
+        let v = projection(&mut g, h, &b("attn_v"), n_kv_heads * hd, dim, cfg.qkv_bias)?;
         let q = rope(&mut g, q, n_heads)?;
         let k = rope(&mut g, k, n_kv_heads)?;
         let v = g.reshape(v, &[0, n_kv_heads as i64, hd as i64])?;
@@ -299,7 +491,7 @@ pub fn build(cfg: &LlamaConfig, w: &dyn WeightSource, seq: Dim, ctx: usize) -> R
         let a = g.transpose(a, &[0, 2, 1, 3])?;
         let a = g.squeeze(a, &[0])?;
         let a = g.reshape(a, &[0, (n_heads * hd) as i64])?;
-        let o = linear(&mut g, a, &need(w, &p("attn_output"), &[dim, n_heads * hd])?)?;
+        let o = projection(&mut g, a, &b("attn_output"), dim, n_heads * hd, false)?;
         x = g.add(x, o)?;
 
         let ffn_norm = match need(w, &p("ffn_norm"), &[dim])? {
@@ -334,7 +526,20 @@ pub fn build(cfg: &LlamaConfig, w: &dyn WeightSource, seq: Dim, ctx: usize) -> R
         }
         None => emb,
     };
-    let logits = linear(&mut g, x, &head)?;
+    let mut logits = linear(&mut g, x, &head)?;
+    match w.weight("output.bias")? {
+        Some(Weight::Dense(b)) if b.shape() == [vocab] => {
+            let b = g.constant(b);
+            logits = g.add(logits, b)?;
+        }
+        Some(b) => {
+            return Err(Error::invalid(format!(
+                "output.bias has shape {:?}, expected [{vocab}] (f32/f16)",
+                b.shape()
+            )))
+        }
+        None => {}
+    }
     Ok((g, logits, caches))
 }
 
@@ -449,15 +654,7 @@ impl Llama {
         }
         let mask = Tensor::from_vec(mask, &[1, 1, seq, self.ctx])?;
         let half = hd / 2;
-        let (mut cos, mut sin) = (Vec::with_capacity(seq * half), Vec::with_capacity(seq * half));
-        for i in 0..seq {
-            let p = (p0 + i) as f64;
-            for j in 0..half {
-                let theta = p * self.cfg.rope_base.powf(-2.0 * j as f64 / hd as f64);
-                cos.push(theta.cos() as f32);
-                sin.push(theta.sin() as f32);
-            }
-        }
+        let (cos, sin) = self.cfg.rope_tables(p0..p0 + seq);
         Ok(vec![
             (inputs::TOKENS, tokens),
             (inputs::POS, pos),

@@ -33,7 +33,7 @@ use serde_json::{json, Map, Value as Json};
 use stitch_core::quant::dequantize_row;
 use stitch_core::{Buffer, DType, Error, Result, Tensor};
 
-use crate::llama::{LlamaConfig, Weight, WeightSource};
+use crate::llama::{LlamaConfig, RopeScaling, RopeStyle, Weight, WeightSource};
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 
 /// The Hugging Face name of a tensor the decoder asks for by its GGUF name,
@@ -307,6 +307,10 @@ fn parse_config(json: &Json, path: &str) -> Result<HfConfig> {
             .ok_or_else(|| c.err("field `rms_norm_eps` is missing (a Llama config needs it)"))?,
         rope_base: c.opt_f64("rope_theta")?.unwrap_or(10000.0),
         train_ctx: c.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+        rope_style: RopeStyle::Adjacent,
+        rope_scaling: RopeScaling::None,
+        rope_freq_factors: None,
+        qkv_bias: false,
     };
     if llama.dim == 0 || llama.ffn_dim == 0 || llama.vocab == 0 {
         return Err(c.err("fields `hidden_size`, `intermediate_size` and `vocab_size` must be positive"));
@@ -796,6 +800,16 @@ pub fn write_hf_dir(dir: &Path, cfg: &LlamaConfig, weights: &dyn WeightSource, t
         path: dir.display().to_string(),
         source: e,
     })?;
+    // Only the plain Llama layout is written: its config.json has no fields for the variants yet.
+    let plain = cfg.rope_style == RopeStyle::Adjacent
+        && cfg.rope_scaling == RopeScaling::None
+        && cfg.rope_freq_factors.is_none()
+        && !cfg.qkv_bias;
+    if !plain {
+        return Err(Error::invalid(
+            "writing a Hugging Face directory supports plain Llama models only (no RoPE scaling, frequency factors, NeoX RoPE or Q/K/V biases)",
+        ));
+    }
     let tied = weights.weight("output.weight")?.is_none();
     let mut tensors = Vec::new();
     for name in gguf_names(cfg, !tied) {
@@ -887,6 +901,10 @@ mod tests {
             eps: 1e-5,
             rope_base: 10000.0,
             train_ctx: 64,
+            rope_style: RopeStyle::Adjacent,
+            rope_scaling: RopeScaling::None,
+            rope_freq_factors: None,
+            qkv_bias: false,
         }
     }
 

@@ -2,9 +2,11 @@
 //!
 //! A [`Tokenizer`] is built from a GGUF file's vocabulary
 //! ([`Tokenizer::from_gguf`]: gpt2-style byte-level BPE with merges, with the
-//! pre-tokenizer `tokenizer.ggml.pre` names, as llama.cpp maps it) or loaded
-//! from a `tokenizer.json` ([`Tokenizer::from_file`]). Control and
-//! user-defined tokens are registered as special tokens, so that they are
+//! pre-tokenizer `tokenizer.ggml.pre` names, as llama.cpp maps it; or a
+//! SentencePiece vocabulary with scores, `tokenizer.ggml.model = llama`, as
+//! llama.cpp's SPM tokenizer reads it) or loaded from a `tokenizer.json`
+//! ([`Tokenizer::from_file`]). Control and user-defined tokens (and, for
+//! SentencePiece, the unknown token) are registered as special tokens, so that they are
 //! recognised when written in a raw prompt (as llama.cpp does with
 //! `parse_special`). [`StreamDecoder`] turns generated ids into text without
 //! ever splitting a UTF-8 character. [`ChatTemplate`] renders conversations
@@ -13,11 +15,18 @@
 use std::collections::BTreeSet;
 
 use stitch_core::{Error, Result};
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::NormalizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::gguf::{Gguf, Value};
@@ -62,12 +71,6 @@ impl Tokenizer {
     /// Builds the tokenizer a GGUF file describes.
     pub fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
         let model = g.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(Error::invalid(format!(
-                "{}: tokenizer model `{model}` is not supported yet (gpt2-style BPE is)",
-                g.path()
-            )));
-        }
         let tokens: Vec<String> = g
             .require("tokenizer.ggml.tokens")?
             .as_array()
@@ -76,40 +79,52 @@ impl Tokenizer {
             .map(|v| v.as_str().map(str::to_string))
             .collect::<Option<_>>()
             .ok_or_else(|| Error::invalid("tokenizer.ggml.tokens holds a non-string"))?;
-        let merges: Vec<(String, String)> = match g.get("tokenizer.ggml.merges").and_then(Value::as_array) {
-            Some(m) => m
-                .iter()
-                .map(|v| {
-                    let s = v.as_str()?;
-                    let (a, b) = s.split_once(' ')?;
-                    Some((a.to_string(), b.to_string()))
-                })
-                .collect::<Option<_>>()
-                .ok_or_else(|| Error::invalid("tokenizer.ggml.merges holds an entry that is not `a b`"))?,
-            None => return Err(Error::invalid("tokenizer.ggml.merges is missing (gpt2 BPE needs it)")),
+        let types: Vec<i64> = match g.get("tokenizer.ggml.token_type") {
+            None => Vec::new(),
+            Some(v) => v
+                .as_array()
+                .and_then(|a| a.iter().map(|v| v.as_f64().map(|t| t as i64)).collect())
+                .ok_or_else(|| Error::invalid("tokenizer.ggml.token_type is not an array of integers"))?,
         };
-        let types: Vec<i64> = g
-            .get("tokenizer.ggml.token_type")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i64).collect())
-            .unwrap_or_default();
-        let vocab: tokenizers::models::bpe::Vocab =
-            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(terr)?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
-        inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
-        inner.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
-        // Control (3) and user-defined (4) tokens are matched whole in raw text.
+        if !types.is_empty() && types.len() != tokens.len() {
+            return Err(Error::invalid(format!(
+                "tokenizer.ggml.token_type has {} entries for {} tokens",
+                types.len(),
+                tokens.len()
+            )));
+        }
+        let flag = |k: &str| g.get(k).and_then(Value::as_bool);
+        let (mut inner, add_bos) = match model {
+            "gpt2" => (gpt2_bpe(g, &tokens)?, flag("tokenizer.ggml.add_bos_token").unwrap_or(false)),
+            // llama.cpp's SPM defaults: BOS added, a space put before the text.
+            "llama" => (
+                sentencepiece_bpe(g, &tokens, flag("tokenizer.ggml.add_space_prefix").unwrap_or(true))?,
+                flag("tokenizer.ggml.add_bos_token").unwrap_or(true),
+            ),
+            other => {
+                return Err(Error::invalid(format!(
+                    "{}: tokenizer model `{other}` (tokenizer.ggml.model) is not supported yet (gpt2 BPE and llama SentencePiece are)",
+                    g.path()
+                )))
+            }
+        };
+        // Tokens matched whole in raw text, as llama.cpp's `parse_special` does:
+        // control (3) and user-defined (4), and for SentencePiece also unknown (2).
+        let special_types: &[i64] = if model == "llama" { &[2, 3, 4] } else { &[3, 4] };
         let special: Vec<AddedToken> = tokens
             .iter()
             .zip(&types)
-            .filter(|(_, &t)| t == 3 || t == 4)
+            .filter(|(_, t)| special_types.contains(t))
             .map(|(s, _)| AddedToken::from(s.clone(), true))
             .collect();
         inner.add_special_tokens(&special);
         let id = |k: &str| g.get(k).and_then(Value::as_u64).map(|v| v as u32);
-        let (bos, eos) = (id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"));
+        let (mut bos, mut eos) = (id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"));
+        if model == "llama" {
+            // llama.cpp's defaults for SentencePiece vocabularies.
+            bos = bos.or(Some(1));
+            eos = eos.or(Some(2));
+        }
         let mut eog: BTreeSet<u32> = eos.into_iter().chain(id("tokenizer.ggml.eot_token_id")).collect();
         for name in EOG_NAMES {
             if let Some(i) = tokens.iter().position(|t| t == name) {
@@ -120,10 +135,7 @@ impl Tokenizer {
             inner,
             bos,
             eos,
-            add_bos: g
-                .get("tokenizer.ggml.add_bos_token")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            add_bos,
             eog,
             vocab_size: tokens.len(),
         })
@@ -218,6 +230,101 @@ impl Tokenizer {
     pub fn token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
+}
+
+/// A gpt2-style byte-level BPE vocabulary with its merges.
+fn gpt2_bpe(g: &Gguf, tokens: &[String]) -> Result<tokenizers::Tokenizer> {
+    let merges: Vec<(String, String)> = match g.get("tokenizer.ggml.merges").and_then(Value::as_array) {
+        Some(m) => m
+            .iter()
+            .map(|v| {
+                let s = v.as_str()?;
+                let (a, b) = s.split_once(' ')?;
+                Some((a.to_string(), b.to_string()))
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| Error::invalid("tokenizer.ggml.merges holds an entry that is not `a b`"))?,
+        None => return Err(Error::invalid("tokenizer.ggml.merges is missing (gpt2 BPE needs it)")),
+    };
+    let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(terr)?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+    inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+    inner.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+    Ok(inner)
+}
+
+/// A SentencePiece vocabulary (`tokenizer.ggml.model = llama`) as llama.cpp's
+/// SPM tokenizer reads it: spaces become `▁` (one is put before the text, and
+/// after every special token, when `add_space_prefix`), the whole text is one
+/// word whose UTF-8 characters merge pairwise, always the pair whose merged
+/// piece has the highest score first, and characters left outside the
+/// vocabulary become their `<0xNN>` byte tokens.
+///
+/// That algorithm is a BPE whose merge list holds, for every piece, each split
+/// into two pieces, ranked by the merged piece's score: built so with the
+/// `tokenizers` BPE (byte fallback on), it picks the same merges. (llama.cpp
+/// breaks a tie between equal scores by position, the BPE by rank; real
+/// vocabularies give their merged pieces distinct scores.)
+fn sentencepiece_bpe(g: &Gguf, tokens: &[String], add_space_prefix: bool) -> Result<tokenizers::Tokenizer> {
+    let scores: Vec<f64> = g
+        .require("tokenizer.ggml.scores")?
+        .as_array()
+        .and_then(|a| a.iter().map(Value::as_f64).collect())
+        .ok_or_else(|| Error::invalid("tokenizer.ggml.scores is not an array of numbers"))?;
+    if scores.len() != tokens.len() {
+        return Err(Error::invalid(format!(
+            "tokenizer.ggml.scores has {} entries for {} tokens",
+            scores.len(),
+            tokens.len()
+        )));
+    }
+    // A text listed twice maps to its last id, as in llama.cpp's text-to-token map.
+    let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let mut ranked: Vec<(f64, u32, usize, &str, &str)> = Vec::new();
+    for (text, &id) in &vocab {
+        let score = scores[id as usize];
+        for (cut, _) in text.char_indices().skip(1) {
+            let (a, b) = text.split_at(cut);
+            if vocab.contains_key(a) && vocab.contains_key(b) {
+                ranked.push((score, id, cut, a, b));
+            }
+        }
+    }
+    // Highest score first; then by id and split point, so that the order is reproducible.
+    ranked.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    let merges: Vec<(String, String)> = ranked.iter().map(|m| (m.3.to_string(), m.4.to_string())).collect();
+    let unk_id = g
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(Value::as_u64)
+        .unwrap_or(0) as usize;
+    let unk = tokens.get(unk_id).cloned().unwrap_or_else(|| "<unk>".into());
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .unk_token(unk)
+        .fuse_unk(true)
+        .build()
+        .map_err(terr)?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let space = Replace::new(" ", "\u{2581}").map_err(terr)?;
+    let normalizer: NormalizerWrapper = if add_space_prefix {
+        NormalizerSequence::new(vec![Prepend::new("\u{2581}".into()).into(), space.into()]).into()
+    } else {
+        space.into()
+    };
+    inner.with_normalizer(Some(normalizer));
+    let mut decoders: Vec<DecoderWrapper> = vec![
+        Replace::new("\u{2581}", " ").map_err(terr)?.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    if add_space_prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    inner.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(inner)
 }
 
 /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` name.
