@@ -837,7 +837,8 @@ impl Executable {
                 }
                 Op::SliceUpdate(var) => {
                     let backend = &self.backends[plan.devices[i]];
-                    let starts_t = if backend.is_host() {
+                    // Placement keeps the position on the host; a device one is read back.
+                    let starts_t = if backend.is_host() || args[1].device_memory().is_none() {
                         args[1].clone()
                     } else {
                         backend.download(&args[1])?

@@ -783,3 +783,305 @@ ST_DECODE(f32, 0)
 ST_DECODE(f16, 1)
 ST_DECODE(bf16, 2)
 "#;
+
+/// Most axes of the layout kernels in [`OPS_SOURCE`].
+pub const OPS_MAX_RANK: usize = 8;
+
+/// Geometry of a pad launch (`repr(C)`, mirrored in [`OPS_SOURCE`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PadMeta {
+    pub rank: i32,
+    /// 0 constant, 1 reflect, 2 edge.
+    pub mode: i32,
+    pub n: i64,
+    pub odims: [i64; OPS_MAX_RANK],
+    pub begin: [i64; OPS_MAX_RANK],
+    pub idims: [i64; OPS_MAX_RANK],
+    pub istrides: [i64; OPS_MAX_RANK],
+}
+
+// SAFETY: `repr(C)` plain numbers matching the CUDA struct `PadMeta`.
+unsafe impl cudarc::driver::DeviceRepr for PadMeta {}
+
+/// Geometry of a 1-D/2-D convolution or pooling launch over contiguous NC(H)W
+/// tensors (`repr(C)`, mirrored in [`OPS_SOURCE`]); 1-D runs with height 1.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WinMeta {
+    pub n: i64,
+    pub c: i64,
+    pub h: i64,
+    pub w: i64,
+    /// Output channels (conv) or channels (pool), output height and width.
+    pub m: i64,
+    pub oh: i64,
+    pub ow: i64,
+    pub kh: i64,
+    pub kw: i64,
+    pub sh: i64,
+    pub sw: i64,
+    pub ph: i64,
+    pub pw: i64,
+    /// Padding at the end (average pooling's divisor counts taps before `h + ph_end`).
+    pub ph_end: i64,
+    pub pw_end: i64,
+    pub dh: i64,
+    pub dw: i64,
+    pub groups: i64,
+    pub has_bias: i32,
+    pub count_pad: i32,
+}
+
+// SAFETY: `repr(C)` plain numbers matching the CUDA struct `WinMeta`.
+unsafe impl cudarc::driver::DeviceRepr for WinMeta {}
+
+/// Kernels for the rest of the core op set: pad, one-hot, arg max/min,
+/// cumulative sum, top-k, gather/scatter elements, convolution and pooling.
+/// Along-an-axis ops see their input as `[pre, n, post]` (contiguous) and give
+/// one thread to each `(pre, post)` line, so results come out in the same
+/// order as the CPU's sequential loops (scatter with duplicate indices, top-k
+/// ties by lower index, first or last arg index).
+pub const OPS_SOURCE: &str = r#"
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+struct PadMeta {
+  int rank, mode;
+  long long n;
+  long long odims[8], begin[8], idims[8], istrides[8];
+};
+template <typename U> __device__ void st_pad(const PadMeta m, const U* __restrict__ x, U* __restrict__ y, U fill) {
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < m.n; i += (long long)gridDim.x * blockDim.x) {
+    long long rem = i, off = 0;
+    bool inside = true;
+    for (int d = m.rank - 1; d >= 0; --d) {
+      const long long o = rem % m.odims[d];
+      rem /= m.odims[d];
+      long long s = o - m.begin[d];
+      const long long n = m.idims[d];
+      if (s < 0 || s >= n) {
+        if (m.mode == 0 || n == 0) inside = false;
+        else if (m.mode == 2) s = s < 0 ? 0 : n - 1;
+        else s = s < 0 ? -s : 2 * (n - 1) - s;
+      }
+      off += s * m.istrides[d];
+    }
+    y[i] = inside ? x[off] : fill;
+  }
+}
+#define ST_PAD(B, U) extern "C" __global__ void st_pad_##B(const PadMeta m, const U* x, U* y, unsigned long long fill) { st_pad<U>(m, x, y, (U)fill); }
+ST_PAD(1, unsigned char)
+ST_PAD(2, unsigned short)
+ST_PAD(4, unsigned int)
+ST_PAD(8, unsigned long long)
+
+// y[o, j, i] = idx[o, i] == j (negative indices count from the end) ? on : off.
+template <typename I, typename U>
+__device__ void st_one_hot(const I* __restrict__ idx, U* __restrict__ y, long long outer, long long depth, long long inner, U on, U off) {
+  const long long total = outer * depth * inner;
+  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (long long)gridDim.x * blockDim.x) {
+    const long long i = e % inner, j = (e / inner) % depth, o = e / (inner * depth);
+    long long v = (long long)idx[o * inner + i];
+    if (v < 0) v += depth;
+    y[e] = v == j ? on : off;
+  }
+}
+#define ST_ONE_HOT(IN, I, B, U) extern "C" __global__ void st_one_hot_##IN##_##B(const I* idx, U* y, long long outer, long long depth, long long inner, unsigned long long on, unsigned long long off) { st_one_hot<I, U>(idx, y, outer, depth, inner, (U)on, (U)off); }
+ST_ONE_HOT(i32, int, 1, unsigned char)
+ST_ONE_HOT(i32, int, 2, unsigned short)
+ST_ONE_HOT(i32, int, 4, unsigned int)
+ST_ONE_HOT(i32, int, 8, unsigned long long)
+ST_ONE_HOT(i64, long long, 1, unsigned char)
+ST_ONE_HOT(i64, long long, 2, unsigned short)
+ST_ONE_HOT(i64, long long, 4, unsigned int)
+ST_ONE_HOT(i64, long long, 8, unsigned long long)
+
+// Index of the max (or min) of each line; ties: first, or last with `last`; NaN wins (first NaN).
+template <typename T>
+__device__ void st_arg(const T* __restrict__ x, long long* __restrict__ y, long long pre, long long n, long long post, int is_max, int last) {
+  for (long long l = (long long)blockIdx.x * blockDim.x + threadIdx.x; l < pre * post; l += (long long)gridDim.x * blockDim.x) {
+    const long long p = l / post, q = l % post;
+    const T* xl = x + p * n * post + q;
+    long long best = 0;
+    T bv = xl[0];
+    for (long long i = 1; i < n; ++i) {
+      const T v = xl[i * post];
+      if (bv != bv) break;
+      const bool better = v != v || (is_max ? (last ? v >= bv : v > bv) : (last ? v <= bv : v < bv));
+      if (better) { best = i; bv = v; }
+    }
+    y[l] = best;
+  }
+}
+// Cumulative sum of each line (exclusive and/or reversed).
+template <typename T>
+__device__ void st_cumsum(const T* __restrict__ x, T* __restrict__ y, long long pre, long long n, long long post, int exclusive, int reverse) {
+  for (long long l = (long long)blockIdx.x * blockDim.x + threadIdx.x; l < pre * post; l += (long long)gridDim.x * blockDim.x) {
+    const long long p = l / post, q = l % post;
+    const long long base = p * n * post + q;
+    T acc = (T)0;
+    for (long long s = 0; s < n; ++s) {
+      const long long i = reverse ? n - 1 - s : s;
+      const T v = x[base + i * post];
+      if (exclusive) { y[base + i * post] = acc; acc += v; }
+      else { acc += v; y[base + i * post] = acc; }
+    }
+  }
+}
+// The k best of each line in order: value (descending for largest), then lower index.
+template <typename T>
+__device__ __forceinline__ bool st_before(T a, long long ia, T b, long long ib, int largest) {
+  // NaN ranks above every number (as a total order does).
+  const bool an = a != a, bn = b != b;
+  if (an || bn) {
+    if (an && bn) return ia < ib;
+    return largest ? an : bn;
+  }
+  if (a != b) return largest ? a > b : a < b;
+  return ia < ib;
+}
+template <typename T>
+__device__ void st_topk(const T* __restrict__ x, T* __restrict__ vals, long long* __restrict__ idx, long long pre, long long n, long long post, long long k, int largest) {
+  for (long long l = (long long)blockIdx.x * blockDim.x + threadIdx.x; l < pre * post; l += (long long)gridDim.x * blockDim.x) {
+    const long long p = l / post, q = l % post;
+    const T* xl = x + p * n * post + q;
+    T pv = (T)0;
+    long long pi = -1;
+    for (long long r = 0; r < k; ++r) {
+      long long bi = -1;
+      T bv = (T)0;
+      for (long long i = 0; i < n; ++i) {
+        const T v = xl[i * post];
+        if (pi >= 0 && !st_before(pv, pi, v, i, largest)) continue;
+        if (bi < 0 || st_before(v, i, bv, bi, largest)) { bi = i; bv = v; }
+      }
+      pv = bv;
+      pi = bi;
+      vals[(p * k + r) * post + q] = bv;
+      idx[(p * k + r) * post + q] = bi;
+    }
+  }
+}
+// Scatter of each line of `updates` (thread per line, in index order) into y (a copy of data).
+// red: 0 replace, 1 add, 2 mul, 3 max, 4 min. `bad` is set for an out-of-range index.
+template <typename T, typename I>
+__device__ void st_scatter(T* __restrict__ y, const I* __restrict__ idx, const T* __restrict__ upd, long long pre, long long nu, long long post,
+                           long long upost, long long n, int red, int* __restrict__ bad) {
+  // updates/indices are [pre, nu, upost] (upost ≤ post: the non-axis extents may be smaller than data's).
+  for (long long l = (long long)blockIdx.x * blockDim.x + threadIdx.x; l < pre * upost; l += (long long)gridDim.x * blockDim.x) {
+    const long long p = l / upost, q = l % upost;
+    for (long long j = 0; j < nu; ++j) {
+      const long long u = (p * nu + j) * upost + q;
+      long long t = (long long)idx[u];
+      if (t < 0) t += n;
+      if (t < 0 || t >= n) { *bad = 1; continue; }
+      T* d = y + (p * n + t) * post + q;
+      const T v = upd[u];
+      switch (red) {
+        case 0: *d = v; break;
+        case 1: *d = *d + v; break;
+        case 2: *d = *d * v; break;
+        case 3: *d = (v > *d) ? v : *d; break;
+        default: *d = (v < *d) ? v : *d; break;
+      }
+    }
+  }
+}
+#define ST_TYPED(S, T) \
+  extern "C" __global__ void st_arg_##S(const T* x, long long* y, long long pre, long long n, long long post, int is_max, int last) { st_arg<T>(x, y, pre, n, post, is_max, last); } \
+  extern "C" __global__ void st_cumsum_##S(const T* x, T* y, long long pre, long long n, long long post, int ex, int rev) { st_cumsum<T>(x, y, pre, n, post, ex, rev); } \
+  extern "C" __global__ void st_topk_##S(const T* x, T* v, long long* i, long long pre, long long n, long long post, long long k, int largest) { st_topk<T>(x, v, i, pre, n, post, k, largest); } \
+  extern "C" __global__ void st_scatter_##S##_i32(T* y, const int* idx, const T* upd, long long pre, long long nu, long long post, long long upost, long long n, int red, int* bad) { st_scatter<T, int>(y, idx, upd, pre, nu, post, upost, n, red, bad); } \
+  extern "C" __global__ void st_scatter_##S##_i64(T* y, const long long* idx, const T* upd, long long pre, long long nu, long long post, long long upost, long long n, int red, int* bad) { st_scatter<T, long long>(y, idx, upd, pre, nu, post, upost, n, red, bad); }
+ST_TYPED(f32, float)
+ST_TYPED(f64, double)
+ST_TYPED(i32, int)
+ST_TYPED(i64, long long)
+
+// y[c] = data[c with axis coordinate idx[c]] over contiguous [pre, *, post] views:
+// data [pre, n, dpost] read with the index tensor's [pre, ni, post] coordinates.
+template <typename U, typename I>
+__device__ void st_gather_el(const U* __restrict__ data, const I* __restrict__ idx, U* __restrict__ y, long long pre, long long ni, long long post,
+                             long long n, long long dpost, int* __restrict__ bad) {
+  const long long total = pre * ni * post;
+  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (long long)gridDim.x * blockDim.x) {
+    const long long q = e % post, p = e / (ni * post);
+    long long t = (long long)idx[e];
+    if (t < 0) t += n;
+    if (t < 0 || t >= n) { *bad = 1; y[e] = (U)0; continue; }
+    y[e] = data[(p * n + t) * dpost + q];
+  }
+}
+#define ST_GATHER_EL(B, U) \
+  extern "C" __global__ void st_gather_el_##B##_i32(const U* d, const int* i, U* y, long long pre, long long ni, long long post, long long n, long long dpost, int* bad) { st_gather_el<U, int>(d, i, y, pre, ni, post, n, dpost, bad); } \
+  extern "C" __global__ void st_gather_el_##B##_i64(const U* d, const long long* i, U* y, long long pre, long long ni, long long post, long long n, long long dpost, int* bad) { st_gather_el<U, long long>(d, i, y, pre, ni, post, n, dpost, bad); }
+ST_GATHER_EL(1, unsigned char)
+ST_GATHER_EL(2, unsigned short)
+ST_GATHER_EL(4, unsigned int)
+ST_GATHER_EL(8, unsigned long long)
+
+struct WinMeta {
+  long long n, c, h, w, m, oh, ow, kh, kw, sh, sw, ph, pw, ph_end, pw_end, dh, dw, groups;
+  int has_bias, count_pad;
+};
+// Direct convolution, one thread per output element, f32 accumulation.
+extern "C" __global__ void st_conv_f32(const WinMeta g, const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b, float* __restrict__ y) {
+  const long long total = g.n * g.m * g.oh * g.ow;
+  const long long cg = g.c / g.groups, mg = g.m / g.groups;
+  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (long long)gridDim.x * blockDim.x) {
+    const long long ox = e % g.ow, oy = (e / g.ow) % g.oh, oc = (e / (g.ow * g.oh)) % g.m, bn = e / (g.ow * g.oh * g.m);
+    const long long grp = oc / mg;
+    float acc = g.has_bias ? b[oc] : 0.f;
+    for (long long ic = 0; ic < cg; ++ic) {
+      const float* xp = x + ((bn * g.c) + grp * cg + ic) * g.h * g.w;
+      const float* wp = w + (oc * cg + ic) * g.kh * g.kw;
+      for (long long ky = 0; ky < g.kh; ++ky) {
+        const long long iy = oy * g.sh + ky * g.dh - g.ph;
+        if (iy < 0 || iy >= g.h) continue;
+        for (long long kx = 0; kx < g.kw; ++kx) {
+          const long long ix = ox * g.sw + kx * g.dw - g.pw;
+          if (ix < 0 || ix >= g.w) continue;
+          acc += xp[iy * g.w + ix] * wp[ky * g.kw + kx];
+        }
+      }
+    }
+    y[e] = acc;
+  }
+}
+// Max or average pooling, one thread per output element.
+extern "C" __global__ void st_pool_f32(const WinMeta g, const float* __restrict__ x, float* __restrict__ y, int is_max) {
+  const long long total = g.n * g.m * g.oh * g.ow;
+  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (long long)gridDim.x * blockDim.x) {
+    const long long ox = e % g.ow, oy = (e / g.ow) % g.oh, plane = e / (g.ow * g.oh);
+    const float* xp = x + plane * g.h * g.w;
+    float best = -INFINITY, sum = 0.f;
+    long long real = 0, ry = 0, rx = 0;
+    for (long long ky = 0; ky < g.kh; ++ky) {
+      const long long iy = oy * g.sh + ky * g.dh - g.ph;
+      if (iy < g.h + g.ph_end) ++ry;
+    }
+    for (long long kx = 0; kx < g.kw; ++kx) {
+      const long long ix = ox * g.sw + kx * g.dw - g.pw;
+      if (ix < g.w + g.pw_end) ++rx;
+    }
+    for (long long ky = 0; ky < g.kh; ++ky) {
+      const long long iy = oy * g.sh + ky * g.dh - g.ph;
+      if (iy < 0 || iy >= g.h) continue;
+      for (long long kx = 0; kx < g.kw; ++kx) {
+        const long long ix = ox * g.sw + kx * g.dw - g.pw;
+        if (ix < 0 || ix >= g.w) continue;
+        const float v = xp[iy * g.w + ix];
+        if (v > best || v != v) best = v;
+        sum += v;
+        ++real;
+      }
+    }
+    if (is_max) y[e] = best;
+    else {
+      const long long count = g.count_pad ? ry * rx : real;
+      y[e] = count == 0 ? 0.f : sum / (float)count;
+    }
+  }
+}
+"#;

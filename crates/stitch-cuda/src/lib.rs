@@ -23,6 +23,7 @@ pub mod cache;
 pub mod codegen;
 pub mod kernels;
 pub mod lt;
+mod more_ops;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -1584,6 +1585,18 @@ pub fn supports_op(op: &Op) -> bool {
             | Op::Slice { .. }
             | Op::Concat { .. }
             | Op::Split { .. }
+            | Op::Tile { .. }
+            | Op::Pad { .. }
+            | Op::Range { .. }
+            | Op::OneHot { .. }
+            | Op::ArgReduce { .. }
+            | Op::CumSum { .. }
+            | Op::TopK { .. }
+            | Op::GatherElements { .. }
+            | Op::ScatterElements { .. }
+            | Op::Conv(_)
+            | Op::MaxPool(_)
+            | Op::AvgPool(_)
     )
 }
 
@@ -1667,6 +1680,26 @@ pub fn supports_input_types(node: &Node, inputs: &[stitch_core::TensorType]) -> 
         }
         Op::Dequantize { .. } => dt(0) == Some(DType::U8),
         Op::QuantMatMul { .. } => f32_in(0) && dt(1) == Some(DType::U8),
+        Op::ArgReduce { .. } | Op::CumSum { .. } | Op::TopK { .. } => {
+            dt(0).is_some_and(|d| more_ops::typed_suffix(d).is_some())
+        }
+        Op::OneHot { .. } => dt(0).is_some_and(|d| more_ops::index_suffix(d).is_some()),
+        Op::GatherElements { axis } | Op::ScatterElements { axis, .. } => {
+            let shapes = (inputs[0].shape.concrete(), inputs[1].shape.concrete());
+            let typed = matches!(node.op, Op::GatherElements { .. })
+                || dt(0).is_some_and(|d| more_ops::typed_suffix(d).is_some());
+            typed
+                && dt(1).is_some_and(|d| more_ops::index_suffix(d).is_some())
+                && match shapes {
+                    (Some(d), Some(i)) => {
+                        normalize_axis(*axis, d.len()).is_some_and(|ax| more_ops::index_shape_ok(&d, &i, ax))
+                    }
+                    _ => false,
+                }
+        }
+        Op::Conv(_) | Op::MaxPool(_) | Op::AvgPool(_) => {
+            inputs.iter().all(|t| t.dtype == DType::F32) && matches!(inputs[0].shape.rank(), 3 | 4)
+        }
         _ => all_c,
     }
 }
@@ -1775,6 +1808,44 @@ impl Backend for CudaBackend {
                 Op::LayerNorm { axis, epsilon } => one(self.norm(node, inputs, *axis, *epsilon, false)?),
                 Op::Sdpa(a) => one(self.sdpa(node, inputs, a.scale, a.causal)?),
                 Op::Gather { axis } => one(self.gather(node, &inputs[0], &inputs[1], *axis)?),
+                Op::Tile { repeats } => one(self.tile(node, &inputs[0], repeats)?),
+                Op::Pad { pads, mode, value } => one(self.pad(node, &inputs[0], pads, *mode, *value)?),
+                Op::Range {
+                    start, delta, dtype, ..
+                } => one(self.range(node, *start, *delta, *dtype)?),
+                Op::OneHot {
+                    depth,
+                    axis,
+                    dtype,
+                    on_value,
+                    off_value,
+                } => one(self.one_hot(node, &inputs[0], *depth, *axis, *dtype, *on_value, *off_value)?),
+                Op::ArgReduce {
+                    op,
+                    axis,
+                    select_last_index,
+                    ..
+                } => one(self.arg_reduce(
+                    node,
+                    &inputs[0],
+                    *axis,
+                    *op == stitch_core::ops::ArgReduceOp::ArgMax,
+                    *select_last_index,
+                )?),
+                Op::CumSum {
+                    axis,
+                    exclusive,
+                    reverse,
+                } => one(self.cumsum(node, &inputs[0], *axis, *exclusive, *reverse)?),
+                Op::TopK { k, axis, largest, .. } => {
+                    let [v, i] = self.topk(node, &inputs[0], *k, *axis, *largest)?;
+                    Ok(smallvec::smallvec![v, i])
+                }
+                Op::GatherElements { axis } => one(self.gather_elements(node, &inputs[0], &inputs[1], *axis)?),
+                Op::ScatterElements { axis, reduction } => one(self.scatter_elements(node, inputs, *axis, *reduction)?),
+                Op::Conv(a) => one(self.conv(node, inputs, a)?),
+                Op::MaxPool(a) => one(self.pool(node, &inputs[0], a, true)?),
+                Op::AvgPool(a) => one(self.pool(node, &inputs[0], a, false)?),
                 Op::Dequantize { format } => {
                     let shape = out_shape(node, 0)?;
                     let k = *shape.last().ok_or_else(|| err("dequantize output has rank 0"))?;

@@ -786,3 +786,102 @@ fn fused_regions_in_16_bit_floats() {
         }
     }
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn the_rest_of_the_op_set_matches_the_cpu() {
+    use stitch_core::ops::{ConvAttrs, PadMode, PoolAttrs, ScatterReduction};
+    let mut r = rng(24);
+    let mut g = Graph::new();
+    let x = g.placeholder("x", DType::F32, [3, 5, 7]);
+    let xi = g.placeholder("xi", DType::I64, [4, 6]);
+    let mut outs = vec![
+        g.tile(x, &[2, 1, 3]).unwrap(),
+        g.pad(x, &[1, 0, 2, 0, -1, 1], PadMode::Constant, 0.75).unwrap(),
+        g.pad(x, &[0, 2, 3, 1, 0, 2], PadMode::Reflect, 0.0).unwrap(),
+        g.pad(x, &[2, 1, 0, 0, 3, 4], PadMode::Edge, 0.0).unwrap(),
+        g.range(2.0, 11.5, 1.5, DType::F32).unwrap(),
+        g.argmax(x, 1, false).unwrap(),
+        g.argmax(xi, 0, true).unwrap(),
+        g.cumsum(x, 2, false, false).unwrap(),
+        g.cumsum(xi, 1, true, true).unwrap(),
+    ];
+    let argmin = g
+        .add_op(
+            Op::ArgReduce {
+                op: stitch_core::ops::ArgReduceOp::ArgMin,
+                axis: -1,
+                keepdims: true,
+                select_last_index: true,
+            },
+            &[xi],
+        )
+        .unwrap();
+    outs.push(argmin);
+    let (v, i) = g.topk(x, 3, 1, true).unwrap();
+    outs.extend([v, i]);
+    let (v, i) = g.topk(xi, 4, -1, false).unwrap();
+    outs.extend([v, i]);
+    let idx = g.placeholder("idx", DType::I64, [3, 5, 4]);
+    outs.push(g.gather_elements(x, idx, 2).unwrap());
+    let oh = g.placeholder("oh", DType::I32, [4, 3]);
+    outs.push(g.one_hot(oh, 5, 1, DType::F32).unwrap());
+    let sidx = g.placeholder("sidx", DType::I64, [2, 6]);
+    let upd = g.placeholder("upd", DType::I64, [2, 6]);
+    for red in [ScatterReduction::None, ScatterReduction::Add, ScatterReduction::Max] {
+        outs.push(g.scatter_elements(xi, sidx, upd, 0, red).unwrap());
+    }
+    // Convolution and pooling, 1-D and 2-D.
+    let img = g.placeholder("img", DType::F32, [2, 4, 9, 8]);
+    let w2 = g.placeholder("w2", DType::F32, [6, 2, 3, 2]);
+    let b2 = g.placeholder("b2", DType::F32, [6]);
+    let conv2 = ConvAttrs {
+        strides: vec![2, 1],
+        pads: vec![1, 0, 2, 1],
+        dilations: vec![1, 2],
+        groups: 2,
+    };
+    outs.push(g.conv(img, w2, Some(b2), conv2).unwrap());
+    let sig = g.placeholder("sig", DType::F32, [2, 3, 20]);
+    let w1 = g.placeholder("w1", DType::F32, [4, 3, 5]);
+    let mut conv1 = ConvAttrs::new(1);
+    conv1.pads = vec![2, 1];
+    conv1.strides = vec![3];
+    outs.push(g.conv(sig, w1, None, conv1).unwrap());
+    let mut pool = PoolAttrs::new(&[3, 2]);
+    pool.strides = vec![2, 2];
+    pool.pads = vec![1, 0, 1, 1];
+    pool.ceil_mode = true;
+    outs.push(g.max_pool(img, pool.clone()).unwrap());
+    outs.push(g.avg_pool(img, pool.clone()).unwrap());
+    pool.count_include_pad = true;
+    outs.push(g.avg_pool(img, pool).unwrap());
+    let mut pool1 = PoolAttrs::new(&[4]);
+    pool1.strides = vec![3];
+    outs.push(g.avg_pool(sig, pool1).unwrap());
+    let ins = [
+        ("x", random(&mut r, DType::F32, &[3, 5, 7], -2.0, 2.0)),
+        // Few distinct integers: ties for arg max/min and top-k.
+        ("xi", random(&mut r, DType::I64, &[4, 6], -3.0, 4.0)),
+        ("idx", random(&mut r, DType::I64, &[3, 5, 4], -7.0, 7.0)),
+        ("oh", random(&mut r, DType::I32, &[4, 3], -5.0, 7.0)),
+        // Duplicate targets: later updates win, in order.
+        ("sidx", random(&mut r, DType::I64, &[2, 6], -4.0, 4.0)),
+        ("upd", random(&mut r, DType::I64, &[2, 6], -50.0, 50.0)),
+        ("img", random(&mut r, DType::F32, &[2, 4, 9, 8], -1.0, 1.0)),
+        ("w2", random(&mut r, DType::F32, &[6, 2, 3, 2], -1.0, 1.0)),
+        ("b2", random(&mut r, DType::F32, &[6], -1.0, 1.0)),
+        ("sig", random(&mut r, DType::F32, &[2, 3, 20], -1.0, 1.0)),
+        ("w1", random(&mut r, DType::F32, &[4, 3, 5], -1.0, 1.0)),
+    ];
+    let (got, want, fb) = both(&g, &outs, &ins, CompileOptions::default());
+    assert_eq!(fb, 0, "nothing falls back to the CPU");
+    for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+        let e = rel_err(a, b);
+        assert!(
+            e <= 1e-5,
+            "output {k} ({:?}): relative error {e:.3e}",
+            g.node(outs[k].node).op.kind()
+        );
+    }
+}
