@@ -22,6 +22,10 @@ use crate::tensor::{BufferPool, Dims, Tensor};
 pub type Outputs = smallvec::SmallVec<[Tensor; 2]>;
 
 /// A device that runs ops. CPU and CUDA implement it; core knows no backend.
+/// What a backend prepared for one node of a plan (see [`Backend::prepare`]);
+/// the backend downcasts it to its own type.
+pub type Prepared = Arc<dyn std::any::Any + Send + Sync>;
+
 pub trait Backend: Send + Sync {
     /// Short name, e.g. `cpu`.
     fn name(&self) -> &str;
@@ -43,6 +47,21 @@ pub trait Backend: Send + Sync {
     }
     /// Runs `node` (whose output types are concrete) on `inputs`.
     fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Outputs>;
+    /// Work on a node's constant inputs done once per plan instead of on every
+    /// run (e.g. packing a constant weight matrix into the matmul kernel's
+    /// layout). `constants[i]` is the value of input `i` when it is a constant
+    /// of the plan. What it returns is handed to [`Backend::execute_prepared`]
+    /// on every run; `None` (the default) means nothing to prepare.
+    fn prepare(&self, node: &Node, constants: &[Option<&Tensor>]) -> Result<Option<Prepared>> {
+        let _ = (node, constants);
+        Ok(None)
+    }
+    /// Runs `node` with what [`Backend::prepare`] made for it; `inputs` are
+    /// all of its inputs, the constants included. Defaults to `execute`.
+    fn execute_prepared(&self, node: &Node, inputs: &[Tensor], prepared: &Prepared) -> Result<Outputs> {
+        let _ = prepared;
+        self.execute(node, inputs)
+    }
     /// Whether tensors of this backend live in host memory (then uploads and
     /// downloads are free and its tensors can be read directly).
     fn is_host(&self) -> bool {
@@ -340,6 +359,9 @@ pub struct CompileReport {
     pub total_bytes: usize,
     /// Steps in the plan.
     pub steps: usize,
+    /// Nodes whose backend prepared work from constant inputs once for the
+    /// plan (e.g. packed a constant matmul weight; see [`Backend::prepare`]).
+    pub prepared: usize,
 }
 
 /// A graph specialised for one set of input shapes, ready to execute.
@@ -357,6 +379,9 @@ pub struct Plan {
     pub steps: Vec<usize>,
     /// Backend index (into [`Executable::backends`]) of each node of `graph`.
     pub devices: Vec<usize>,
+    /// What each node's backend prepared from its constant inputs (see
+    /// [`Backend::prepare`]), by node index.
+    prepared: Vec<Option<Prepared>>,
     /// Index of each node's first output in the flat value arrays.
     value_base: Vec<usize>,
     /// How many times each value (flat index) is consumed by steps and outputs.
@@ -587,6 +612,29 @@ impl Executable {
             .filter(|(_, n)| matches!(n.op, Op::Placeholder { .. }))
             .map(|(i, _)| i)
             .collect();
+        // Constant-input work each backend does once for the plan, not per run.
+        let mut prepared: Vec<Option<Prepared>> = vec![None; graph.nodes().len()];
+        for &i in &steps {
+            let node = &graph.nodes()[i];
+            if node.op.is_executor_op()
+                || !node
+                    .inputs
+                    .iter()
+                    .any(|v| matches!(graph.node(v.node).op, Op::Constant(_)))
+            {
+                continue;
+            }
+            let constants: smallvec::SmallVec<[Option<&Tensor>; 4]> = node
+                .inputs
+                .iter()
+                .map(|v| match &graph.node(v.node).op {
+                    Op::Constant(t) => Some(t),
+                    _ => None,
+                })
+                .collect();
+            prepared[i] = self.backends[devices[i]].prepare(node, &constants)?;
+        }
+        report.prepared = prepared.iter().filter(|p| p.is_some()).count();
         let memory = passes::memory::plan_memory(&graph, &steps, &outputs)?;
         if cfg!(debug_assertions) {
             passes::memory::check_no_alias(&memory)?;
@@ -601,6 +649,7 @@ impl Executable {
             outputs,
             steps,
             devices,
+            prepared,
             value_base,
             uses,
             placeholder_nodes,
@@ -866,7 +915,10 @@ impl Executable {
                     let host = self.backends[from].download(&args[0])?;
                     smallvec::smallvec![self.backends[*to].upload(&host)?]
                 }
-                _ => self.backends[plan.devices[i]].execute(node, args)?,
+                _ => match &plan.prepared[i] {
+                    Some(p) => self.backends[plan.devices[i]].execute_prepared(node, args, p)?,
+                    None => self.backends[plan.devices[i]].execute(node, args)?,
+                },
             };
             probe.end(self, plan, step, i, args, &outs)?;
             for t in args.drain(..) {

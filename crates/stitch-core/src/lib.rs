@@ -50,7 +50,7 @@ pub use smallvec;
 
 pub use dtype::{Bool8, DType, Element};
 pub use error::{Error, Result};
-pub use exec::{Backend, CompileOptions, CompileReport, Executable, Outputs, Plan, State};
+pub use exec::{Backend, CompileOptions, CompileReport, Executable, Outputs, Plan, Prepared, State};
 pub use graph::{Graph, Node, NodeId, TensorType, Value, VarId, Variable};
 pub use ops::Op;
 pub use quant::QuantFormat;

@@ -26,7 +26,16 @@ mod driver;
 pub mod kernels;
 pub mod testing;
 
-use stitch_core::{Backend, Error, Node, Result, Tensor};
+use stitch_core::ops::Op;
+use stitch_core::{Backend, Error, Node, Prepared, Result, Tensor};
+
+/// Names the node in a kernel's error.
+fn with_node(node: &Node, e: Error) -> Error {
+    match e {
+        Error::Invalid(m) => Error::node(node.name.clone(), node.op.kind(), m),
+        other => other,
+    }
+}
 
 /// The CPU backend. Threads come from rayon's global pool (`RAYON_NUM_THREADS`).
 #[derive(Debug, Clone, Default)]
@@ -62,10 +71,38 @@ impl Backend for CpuBackend {
     }
 
     fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<stitch_core::Outputs> {
-        kernels::execute(&node.op, inputs, &node.outputs).map_err(|e| match e {
-            Error::Invalid(m) => Error::node(node.name.clone(), node.op.kind(), m),
-            other => other,
-        })
+        kernels::execute(&node.op, inputs, &node.outputs).map_err(|e| with_node(node, e))
+    }
+
+    /// Constant f32 matmul weights are packed into the sgemm panel layout once
+    /// per plan, so runs skip packing them.
+    fn prepare(&self, node: &Node, constants: &[Option<&Tensor>]) -> Result<Option<Prepared>> {
+        match (&node.op, constants) {
+            (Op::MatMul { transpose_b, .. }, [None, Some(b)]) => {
+                Ok(kernels::linalg::prepare_matmul_weight(b, *transpose_b).map(|w| std::sync::Arc::new(w) as Prepared))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn execute_prepared(&self, node: &Node, inputs: &[Tensor], prepared: &Prepared) -> Result<stitch_core::Outputs> {
+        match (
+            &node.op,
+            prepared.downcast_ref::<kernels::linalg::PackedWeight>(),
+            inputs,
+        ) {
+            (
+                Op::MatMul {
+                    transpose_a,
+                    transpose_b,
+                },
+                Some(w),
+                [a, b],
+            ) => kernels::linalg::matmul_prepacked(a, b, w, *transpose_a, *transpose_b, &node.outputs[0])
+                .map(|t| stitch_core::Outputs::from_iter([t]))
+                .map_err(|e| with_node(node, e)),
+            _ => self.execute(node, inputs),
+        }
     }
 }
 

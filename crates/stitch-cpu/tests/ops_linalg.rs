@@ -454,3 +454,48 @@ fn gemm_handles_views_empty_inner_dimension_and_large_sizes() {
     let (rtol, atol) = dot_tol(DType::F32, 64);
     assert_close_tol(&got, &want, &shape, rtol, 3.0 * atol, "large gemm");
 }
+
+/// A matmul whose right operand is a constant runs with the weight packed once
+/// per plan (`Backend::prepare`): batch axes folded into the rows, a
+/// transposed activation (batches not foldable), a transposed weight, odd
+/// sizes. Each case runs twice on one executable (the packed weight is reused)
+/// and is compared with an f64 reference.
+#[test]
+fn matmul_with_constant_weight_uses_prepacked_weight_and_matches_reference() {
+    use std::sync::Arc;
+    use stitch_core::{CompileOptions, Executable, Graph};
+    let mut r = rng(77);
+    // (activation shape as stored, transpose_a, weight shape as stored, transpose_b)
+    let cases: &[(&[usize], bool, &[usize], bool)] = &[
+        (&[3, 37, 130], false, &[130, 70], false),
+        (&[2, 2, 13, 40], false, &[33, 40], true),
+        (&[4, 50, 29], true, &[50, 66], false),
+        (&[29, 300], false, &[300, 5], false),
+        (&[300], false, &[300, 7], false),
+    ];
+    for &(sa, ta, sb, tb) in cases {
+        let w = random(&mut r, DType::F32, sb);
+        let mut g = Graph::new();
+        let x = g.placeholder("x", DType::F32, sa.to_vec());
+        let wc = g.constant(w.clone());
+        let y = g.matmul_t(x, wc, ta, tb).unwrap();
+        let exe = Executable::compile(
+            &g,
+            &[y],
+            Arc::new(stitch_cpu::CpuBackend::new()),
+            CompileOptions::default(),
+        )
+        .unwrap();
+        let plan = exe.plan_for(&[TensorType::new(DType::F32, sa.to_vec())]).unwrap();
+        assert_eq!(plan.report.prepared, 1, "{sa:?} x {sb:?}: the weight was not packed");
+        for run in 0..2 {
+            let a = random(&mut r, DType::F32, sa);
+            let out = exe.run(&[("x", a.clone())], &mut exe.new_state()).unwrap();
+            let (want, shape) = ref_matmul(&a, &w, ta, tb);
+            // Rounding of f32 sums of k products of values in [-2, 2] grows like √k.
+            let k = if ta { sa[sa.len() - 2] } else { sa[sa.len() - 1] };
+            let what = format!("{sa:?} ta{ta} x {sb:?} tb{tb}, run {run}");
+            assert_close_tol(&out[0], &want, &shape, 1e-5, 1e-6 * (k as f64).sqrt(), &what);
+        }
+    }
+}

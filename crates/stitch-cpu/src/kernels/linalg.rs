@@ -452,6 +452,146 @@ pub fn matmul(a: &Tensor, b: &Tensor, transpose_a: bool, transpose_b: bool, out:
     }
 }
 
+/// A constant f32 right-hand matmul operand packed once for the sgemm kernels
+/// (see [`prepare_matmul_weight`]), with the shape it was packed from.
+#[derive(Debug)]
+pub struct PackedWeight {
+    packed: super::sgemm::PackedB,
+    /// The operand's shape as the node sees it (before `transpose_b`).
+    shape: Dims,
+    transpose_b: bool,
+}
+
+/// Packs `b`, the right operand of `matmul(a, b, transpose_a, transpose_b)`,
+/// when it is an f32 matrix (rank 2) that every product would pack the same
+/// way; `None` when the operand does not qualify (the plain kernel runs).
+pub fn prepare_matmul_weight(b: &Tensor, transpose_b: bool) -> Option<PackedWeight> {
+    if b.dtype() != DType::F32 || b.rank() != 2 || b.numel() == 0 || b.strides().iter().any(|&s| s < 0) {
+        return None;
+    }
+    let bv = if transpose_b {
+        b.transpose(0, 1).ok()?
+    } else {
+        b.clone()
+    };
+    let (k, n) = (bv.shape()[0], bv.shape()[1]);
+    let data = bv.buffer().as_slice::<f32>();
+    // SAFETY: `bv` is a view validated by `Tensor` (every element of its k×n
+    // shape lies inside its buffer) with non-negative strides.
+    let packed = unsafe {
+        super::sgemm::PackedB::new(
+            super::sgemm::Isa::detect(),
+            k,
+            n,
+            super::sgemm::Mat {
+                ptr: data.as_ptr().add(bv.offset()),
+                rs: bv.strides()[0],
+                cs: bv.strides()[1],
+            },
+        )
+    };
+    Some(PackedWeight {
+        packed,
+        shape: Dims::from_slice(b.shape()),
+        transpose_b,
+    })
+}
+
+/// `matmul(a, b)` with `b` packed beforehand by [`prepare_matmul_weight`]
+/// (`b` is the same constant, passed to check that it still matches). The
+/// batch axes of `a` are folded into its rows when their strides allow, so a
+/// batch of sequences is one product with the weight read once.
+pub fn matmul_prepacked(
+    a: &Tensor,
+    b: &Tensor,
+    w: &PackedWeight,
+    transpose_a: bool,
+    transpose_b: bool,
+    out: &TensorType,
+) -> Result<Tensor> {
+    if a.dtype() != DType::F32 || b.shape() != w.shape.as_slice() || transpose_b != w.transpose_b || a.rank() == 0 {
+        // Not what was packed: the plain kernel checks and runs it.
+        return matmul(a, b, transpose_a, transpose_b, out);
+    }
+    let out_dims = dims(out)?;
+    let (k, n) = (w.packed.k(), w.packed.n());
+    let a = if a.strides().iter().any(|&s| s < 0) {
+        a.contiguous()
+    } else {
+        a.clone()
+    };
+    let ra = a.rank();
+    let av = if ra == 1 {
+        a.unsqueeze(0)?
+    } else if transpose_a {
+        a.transpose(ra - 2, ra - 1)?
+    } else {
+        a
+    };
+    let sa = av.shape();
+    let (m, ka) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+    if ka != k {
+        return Err(Error::invalid(format!(
+            "matmul inner dimensions differ: a {:?} (transpose {transpose_a}) has k = {ka}, b {:?} (transpose {transpose_b}) has k = {k}",
+            sa,
+            w.shape
+        )));
+    }
+    let batch = &sa[..sa.len() - 2];
+    let mut want: Dims = Dims::from_slice(batch);
+    if ra > 1 {
+        want.push(m);
+    }
+    want.push(n);
+    check_out(&want, &out_dims, "matmul")?;
+    let batches: usize = batch.iter().product();
+    let mut t = Tensor::empty(DType::F32, &out_dims);
+    if batches * m == 0 {
+        return Ok(t);
+    }
+    let dst = t.buffer_mut().as_slice_mut::<f32>();
+    let st = av.strides();
+    let (rs, cs) = (st[st.len() - 2], st[st.len() - 1]);
+    // Rows of every batch matrix at one stride: the batch folds into the rows.
+    let mut fold = true;
+    let mut expect = m as isize * rs;
+    for ax in (0..batch.len()).rev() {
+        if batch[ax] != 1 && st[ax] != expect {
+            fold = false;
+            break;
+        }
+        expect *= batch[ax] as isize;
+    }
+    let a_data = av.buffer().as_slice::<f32>();
+    let base = av.offset();
+    let mat = |off: usize| super::sgemm::Mat {
+        // SAFETY (of the later reads): the offset is of an element of `av`.
+        ptr: a_data[off..].as_ptr(),
+        rs,
+        cs,
+    };
+    if fold || batches == 1 {
+        // SAFETY: `av` is a validated view with non-negative strides; with
+        // `fold`, row r of the folded (batches·m)×k matrix is at base + r·rs.
+        unsafe { super::sgemm::sgemm_packed(batches * m, mat(base), &w.packed, dst, None, true) };
+    } else {
+        let mut bi_index: Dims = batch.iter().map(|_| 0).collect();
+        for out in dst.chunks_mut(m * n) {
+            let off = base + bi_index.iter().zip(st).map(|(&i, &s)| i * s as usize).sum::<usize>();
+            // SAFETY: `off` is the offset of this batch matrix of the validated view.
+            unsafe { super::sgemm::sgemm_packed(m, mat(off), &w.packed, out, None, true) };
+            for ax in (0..batch.len()).rev() {
+                bi_index[ax] += 1;
+                if bi_index[ax] < batch[ax] {
+                    break;
+                }
+                bi_index[ax] = 0;
+            }
+        }
+    }
+    Ok(t)
+}
+
 /// The bias `c` broadcast to `[m, n]`, contiguous, as `T`.
 fn bias_matrix<T: Element>(c: &Tensor, m: usize, n: usize) -> Result<Vec<T>> {
     if c.rank() > 2 {

@@ -128,9 +128,36 @@ pub fn softmax(x: &Tensor, axis: i64, log: bool) -> Result<Tensor> {
     dispatch_float!(x.dtype(), what, softmax_t(x, ax, log))
 }
 
+/// `Σ v` in f64 with eight partial sums (independent chains, so the loop is
+/// not bound by the latency of one f64 add per element).
+fn wide_sum<A: Acc>(v: &[A]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += x.wide();
+        }
+    }
+    rest.iter().map(|x| x.wide()).sum::<f64>() + lanes.iter().sum::<f64>()
+}
+
 /// Softmax of one contiguous row; `scratch` holds `x - max` (log) or its exp.
 fn softmax_row<T: NormElem>(x: &[T], y: &mut [T], scratch: &mut [T::A], log: bool) {
-    let m = x.iter().fold(T::A::NEG_INF, |m, &v| m.max(v.to_acc()));
+    // Eight running maxima: independent chains that vectorise.
+    let mut lanes = [T::A::NEG_INF; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v.to_acc());
+        }
+    }
+    let m = rest
+        .iter()
+        .map(|v| v.to_acc())
+        .chain(lanes)
+        .fold(T::A::NEG_INF, |m, v| m.max(v));
     let mut sum = 0f64;
     if log {
         for (s, &v) in scratch.iter_mut().zip(x) {
@@ -147,9 +174,7 @@ fn softmax_row<T: NormElem>(x: &[T], y: &mut [T], scratch: &mut [T::A], log: boo
                 *s = v.to_acc() - m;
             }
             T::A::exp_slice(d, &mut e[..n]);
-            for s in &e[..n] {
-                sum += s.wide();
-            }
+            sum = wide_sum(&e[..n]);
             let inv = T::A::of(1.0 / sum);
             for (o, &v) in y.iter_mut().zip(e[..n].iter()) {
                 *o = T::from_acc(v * inv);

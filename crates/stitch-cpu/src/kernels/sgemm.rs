@@ -256,6 +256,249 @@ pub(crate) unsafe fn sgemm(
     });
 }
 
+/// `B` packed once, for products that reuse it (a constant weight): the same
+/// `NR`-column panels [`sgemm`] builds on every call, for every `NC × KC`
+/// block, in one 64-byte aligned allocation. Made for one kernel set.
+pub(crate) struct PackedB {
+    isa: Isa,
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+    /// Index of the first element in `data` (the aligned start).
+    start: usize,
+    /// Start (relative to `start`) of block `(jc / NC) * k_blocks + pc / KC`.
+    blocks: Vec<usize>,
+}
+
+impl std::fmt::Debug for PackedB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedB({}x{}, {:?})", self.k, self.n, self.isa)
+    }
+}
+
+impl PackedB {
+    /// Packs the `k × n` matrix `b` for `isa`.
+    ///
+    /// # Safety
+    /// `b` must address a readable `k×n` matrix at its (non-negative) strides.
+    pub(crate) unsafe fn new(isa: Isa, k: usize, n: usize, b: Mat) -> PackedB {
+        let (_, nr) = isa.tile();
+        let mut blocks = Vec::new();
+        let mut len = 0;
+        let mut jc = 0;
+        while jc < n {
+            let nc = NC.min(n - jc);
+            let mut pc = 0;
+            while pc < k {
+                let kc = KC.min(k - pc);
+                blocks.push(len);
+                len += nc.div_ceil(nr) * nr * kc;
+                pc += kc;
+            }
+            jc += nc;
+        }
+        // 16 spare floats: room to align the start to 64 bytes.
+        let mut data = vec![0f32; len + 16];
+        let start = data.as_ptr().align_offset(64).min(16);
+        let mut block = 0;
+        let mut jc = 0;
+        while jc < n {
+            let nc = NC.min(n - jc);
+            let mut pc = 0;
+            while pc < k {
+                let kc = KC.min(k - pc);
+                let at = start + blocks[block];
+                let out = &mut data[at..at + nc.div_ceil(nr) * nr * kc];
+                // SAFETY: rows pc..pc+kc and columns jc..jc+nc lie inside B.
+                unsafe { pack_b(b, pc, kc, jc, nc, nr, out) };
+                block += 1;
+                pc += kc;
+            }
+            jc += nc;
+        }
+        PackedB {
+            isa,
+            k,
+            n,
+            data,
+            start,
+            blocks,
+        }
+    }
+
+    /// Rows (the inner dimension of the product).
+    pub(crate) fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns.
+    pub(crate) fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The packed panels of the block starting at column `jc`, row `pc`.
+    fn block(&self, jc: usize, pc: usize) -> &[f32] {
+        let (_, nr) = self.isa.tile();
+        let i = (jc / NC) * self.k.div_ceil(KC) + pc / KC;
+        let nc = NC.min(self.n - jc);
+        let kc = KC.min(self.k - pc);
+        let at = self.start + self.blocks[i];
+        &self.data[at..at + nc.div_ceil(nr) * nr * kc]
+    }
+}
+
+/// `C[m×n] = A[m×k]·B + bias` (bias: one value per column, broadcast over
+/// the rows; none means zero) with B packed beforehand (`b.k() × b.n()`),
+/// C contiguous row-major.
+///
+/// Because B needs no packing, the product is one parallel loop over units
+/// of C (a tile row of `MR` rows × a few panels), each running over the whole
+/// inner dimension: one fork-join per product, and small units that balance
+/// well over threads (and over a thread slowed by other work). On AVX-512 a
+/// row-major A (column stride 1) is read in place, as MLAS does; otherwise
+/// each unit packs its `MR` rows per `KC` block.
+///
+/// # Safety
+/// `a` must address a readable `m × b.k()` matrix at its (non-negative)
+/// strides, not aliasing `c`; `bias`, when given, holds `b.n()` values.
+pub(crate) unsafe fn sgemm_packed(m: usize, a: Mat, b: &PackedB, c: &mut [f32], bias: Option<&[f32]>, parallel: bool) {
+    let (n, k, isa) = (b.n, b.k, b.isa);
+    debug_assert_eq!(c.len(), m * n);
+    debug_assert!(bias.is_none_or(|v| v.len() == n));
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for row in c.chunks_mut(n) {
+            match bias {
+                Some(v) => row.copy_from_slice(v),
+                None => row.fill(0.0),
+            }
+        }
+        return;
+    }
+    let (mr, nr) = isa.tile();
+    let row_tiles = m.div_ceil(mr);
+    let panels = n.div_ceil(nr);
+    // A unit: one tile row × up to PANELS_PER_UNIT panels (fewer when that
+    // leaves too few units to share).
+    const PANELS_PER_UNIT: usize = 4;
+    let threads = if parallel {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    };
+    let mut per_unit = PANELS_PER_UNIT.min(panels);
+    while per_unit > 1 && row_tiles * panels.div_ceil(per_unit) < 4 * threads {
+        per_unit -= 1;
+    }
+    let chunks = panels.div_ceil(per_unit);
+    let units = row_tiles * chunks;
+    let direct = a.cs == 1 && isa_reads_a_in_place(isa);
+    let c_ptr = CPtr(c.as_mut_ptr());
+    // Units are numbered chunk-major, so a thread's run of consecutive units
+    // reuses one column chunk of B across tile rows.
+    let unit = |u: usize| {
+        let (chunk, tile) = (u / row_tiles, u % row_tiles);
+        let i = tile * mr;
+        let mrb = mr.min(m - i);
+        let p0 = chunk * per_unit;
+        let p1 = (p0 + per_unit).min(panels);
+        let run = |ap: &mut [f32]| {
+            // The bias (or zero) first: every K block then accumulates.
+            if let Some(v) = bias {
+                for r in 0..mrb {
+                    // SAFETY: row i + r, columns p0*nr..min(p1*nr, n) lie inside C;
+                    // units write disjoint tiles.
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            c_ptr.get().add((i + r) * n + p0 * nr),
+                            (p1 * nr).min(n) - p0 * nr,
+                        )
+                    };
+                    row.copy_from_slice(&v[p0 * nr..(p1 * nr).min(n)]);
+                }
+            }
+            let mut pc = 0;
+            while pc < k {
+                let kc = KC.min(k - pc);
+                let load_c = pc > 0 || bias.is_some();
+                if !direct {
+                    // SAFETY: rows i..i+mrb and columns pc..pc+kc lie inside A.
+                    unsafe { pack_a(a, i, mrb, pc, kc, mr, ap) };
+                }
+                for jp in p0..p1 {
+                    let j = jp * nr;
+                    let nrb = nr.min(n - j);
+                    let jc = j / NC * NC;
+                    let block = b.block(jc, pc);
+                    let bpan = &block[(j - jc) * kc..(j - jc + nr) * kc];
+                    // SAFETY: the tile (i.., j..) of mrb×nrb lies inside C; units
+                    // write disjoint tiles; A's rows i..i+mrb, columns pc..pc+kc
+                    // are inside A.
+                    unsafe {
+                        let cp = c_ptr.get().add(i * n + j);
+                        if direct {
+                            let a0 = a.ptr.offset(i as isize * a.rs).add(pc);
+                            micro_direct(isa, kc, a0, a.rs as usize, mrb, bpan, cp, n, nrb, load_c);
+                        } else {
+                            micro(isa, kc, &ap[..mr * kc], bpan, cp, n, mrb, nrb, 1.0, 1.0, load_c);
+                        }
+                    }
+                }
+                pc += kc;
+            }
+        };
+        if direct {
+            run(&mut []);
+        } else {
+            with_workspace(&A_PACK, mr * KC.min(k), run);
+        }
+    };
+    if threads > 1 && units > 1 && m * n * k >= 1 << 15 {
+        (0..units).into_par_iter().for_each(unit);
+    } else {
+        (0..units).for_each(unit);
+    }
+}
+
+/// Whether `isa` has a micro-kernel that reads a row-major A in place.
+fn isa_reads_a_in_place(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        isa == Isa::Avx512
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
+}
+
+/// One tile with A read in place: rows `a + r·lda` (`r < mrb`), `kc` values
+/// each; `C = ΣA·B` (plus C's old value with `load_c`).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn micro_direct(
+    isa: Isa,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    mrb: usize,
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    nrb: usize,
+    load_c: bool,
+) {
+    match isa {
+        // SAFETY: the caller guarantees the A rows, the B panel and the C tile.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::micro_avx512_direct(kc, a, lda, mrb, b, c, ldc, nrb, load_c) },
+        _ => unreachable!("micro_direct runs only where isa_reads_a_in_place"),
+    }
+}
+
 /// A raw pointer to C shared by tasks that write disjoint tiles.
 #[derive(Clone, Copy)]
 struct CPtr(*mut f32);
@@ -463,6 +706,73 @@ mod x86 {
         }
     }
 
+    /// The 12×32 AVX-512 tile reading 12 rows of A in place (`a + r·lda`);
+    /// rows past `mrb` repeat the last valid row (their results are not stored).
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn micro_avx512_direct(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        mrb: usize,
+        b: &[f32],
+        c: *mut f32,
+        ldc: usize,
+        nrb: usize,
+        load_c: bool,
+    ) {
+        const MR: usize = 12;
+        const NR: usize = 32;
+        debug_assert!(b.len() >= kc * NR && (1..=MR).contains(&mrb));
+        let mut rows = [a; MR];
+        for (r, row) in rows.iter_mut().enumerate() {
+            // SAFETY: rows below mrb are inside A (the caller's guarantee).
+            *row = unsafe { a.add(r.min(mrb - 1) * lda) };
+        }
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let bp = b.as_ptr();
+        for p in 0..kc {
+            // SAFETY: p < kc; each row holds kc values and the panel kc rows of NR.
+            unsafe {
+                let b0 = _mm512_loadu_ps(bp.add(p * NR));
+                let b1 = _mm512_loadu_ps(bp.add(p * NR + 16));
+                for (acc, row) in acc.iter_mut().zip(&rows) {
+                    let ai = _mm512_set1_ps(*row.add(p));
+                    acc[0] = _mm512_fmadd_ps(ai, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
+                }
+            }
+        }
+        if mrb == MR && nrb == NR {
+            for (i, acc) in acc.iter().enumerate() {
+                // SAFETY: a full tile is inside C.
+                unsafe {
+                    let row = c.add(i * ldc);
+                    for (h, &v) in acc.iter().enumerate() {
+                        let p = row.add(h * 16);
+                        let r = if load_c {
+                            _mm512_add_ps(v, _mm512_loadu_ps(p))
+                        } else {
+                            v
+                        };
+                        _mm512_storeu_ps(p, r);
+                    }
+                }
+            }
+        } else {
+            let mut tile = [[0f32; NR]; MR];
+            for (i, acc) in acc.iter().enumerate() {
+                // SAFETY: each row of `tile` holds 32 floats.
+                unsafe {
+                    _mm512_storeu_ps(tile[i].as_mut_ptr(), acc[0]);
+                    _mm512_storeu_ps(tile[i].as_mut_ptr().add(16), acc[1]);
+                }
+            }
+            // SAFETY: the mrb×nrb tile is inside C.
+            unsafe { store_tile(&tile, c, ldc, mrb, nrb, 1.0, 1.0, load_c) }
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn micro_avx2(
@@ -512,6 +822,81 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
+
+    /// B packed once ([`PackedB`]), with and without a bias, for every kernel
+    /// set: partial tiles, several KC blocks, more than NC columns, a
+    /// transposed B; C's old contents ignored; checked against f64.
+    #[test]
+    fn prepacked_b_matches_f64_reference_for_every_isa() {
+        let mut r = ChaCha8Rng::seed_from_u64(21);
+        for isa in Isa::available() {
+            for &(m, n, k, tb) in &[
+                (1, 1, 1, false),
+                (13, 33, 300, false),
+                (40, 70, 513, true),
+                (200, 3, 17, false),
+                (3, NC + 37, 260, false),
+                (130, 384, 384, true),
+            ] {
+                let av: Vec<f32> = (0..m * k).map(|_| r.gen_range(-1.0..1.0)).collect();
+                let bv: Vec<f32> = (0..k * n).map(|_| r.gen_range(-1.0..1.0)).collect();
+                // A transposed B goes with a transposed A (stored k×m), which
+                // takes the packed-A path.
+                let ta = tb;
+                let a = if ta {
+                    Mat {
+                        ptr: av.as_ptr(),
+                        rs: 1,
+                        cs: m as isize,
+                    }
+                } else {
+                    Mat {
+                        ptr: av.as_ptr(),
+                        rs: k as isize,
+                        cs: 1,
+                    }
+                };
+                let b = if tb {
+                    Mat {
+                        ptr: bv.as_ptr(),
+                        rs: 1,
+                        cs: k as isize,
+                    }
+                } else {
+                    Mat {
+                        ptr: bv.as_ptr(),
+                        rs: n as isize,
+                        cs: 1,
+                    }
+                };
+                let packed = unsafe { PackedB::new(isa, k, n, b) };
+                assert_eq!((packed.k(), packed.n()), (k, n));
+                let bias: Vec<f32> = (0..n).map(|_| r.gen_range(-1.0..1.0)).collect();
+                for with_bias in [false, true] {
+                    // Old contents that must not leak into the result.
+                    let mut c: Vec<f32> = (0..m * n).map(|_| r.gen_range(-1.0..1.0)).collect();
+                    let bv_opt = with_bias.then_some(bias.as_slice());
+                    unsafe { sgemm_packed(m, a, &packed, &mut c, bv_opt, true) };
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut s = 0f64;
+                            for p in 0..k {
+                                let y = if tb { bv[j * k + p] } else { bv[p * n + j] } as f64;
+                                let x = if ta { av[p * m + i] } else { av[i * k + p] } as f64;
+                                s += x * y;
+                            }
+                            let want = s + if with_bias { bias[j] as f64 } else { 0.0 };
+                            let got = c[i * n + j] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (k as f64).sqrt() + 1e-5 * want.abs(),
+                                "{isa:?} m{m} n{n} k{k} ta{ta} tb{tb} bias{with_bias} at ({i},{j}): {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// Every kernel set, odd sizes (partial tiles, several KC blocks), strided
     /// and transposed operands, alpha/beta, against an f64 reference.
