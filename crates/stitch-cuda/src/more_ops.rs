@@ -149,7 +149,7 @@ impl CudaBackend {
             let reach = match mode {
                 PadMode::Constant => true,
                 PadMode::Edge => n > 0 || (b <= 0 && e <= 0),
-                PadMode::Reflect => b <= n - 1 && e <= n - 1 || (b <= 0 && e <= 0),
+                PadMode::Reflect => (b < n && e < n) || (b <= 0 && e <= 0),
             };
             if !reach {
                 return Err(err(format!(
