@@ -4,8 +4,11 @@
 //! activation rows `m`:
 //! - few rows (decode): a GEMV that reads each packed weight block once and
 //!   dots it with every activation row, parallel over output columns. Q4_0,
-//!   Q4_1 and Q8_0 have specialised block dots that never expand the block
-//!   (`d·Σxq + m·Σx`); the other formats expand one block into registers.
+//!   By default the activations are quantized to 8 bits and every format has
+//!   integer block dots (`int8`: scalar, AVX2, AVX-512 VNNI, picked at run
+//!   time); with f32 activations Q4_0, Q4_1 and Q8_0 have block dots that
+//!   never expand the block (`d·Σxq + m·Σx`) and the other formats expand one
+//!   block into registers.
 //! - many rows (prefill): the weight is expanded to f32 once into pooled
 //!   scratch and multiplied with stitch's packed GEMM.
 
