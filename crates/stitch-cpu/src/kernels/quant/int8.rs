@@ -37,10 +37,22 @@ pub(super) enum Isa {
 }
 
 impl Isa {
-    /// The best kernel set this CPU runs (cached).
+    /// The best kernel set this CPU runs (cached); `STITCH_INT8_ISA=scalar`,
+    /// `avx2` or `avx512` picks a lower one (for benchmarks).
     pub(super) fn detect() -> Isa {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-        *ISA.get_or_init(|| *Isa::available().last().unwrap_or(&Isa::Scalar))
+        *ISA.get_or_init(|| {
+            let all = Isa::available();
+            let want = std::env::var("STITCH_INT8_ISA").unwrap_or_default();
+            let named = all.iter().copied().find(|i| match i {
+                Isa::Scalar => want == "scalar",
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => want == "avx2",
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512Vnni => want == "avx512",
+            });
+            named.unwrap_or(*all.last().unwrap_or(&Isa::Scalar))
+        })
     }
 
     /// Every kernel set this CPU runs, scalar first, best last.
