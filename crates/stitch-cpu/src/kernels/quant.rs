@@ -4,8 +4,11 @@
 //! activation rows `m`:
 //! - few rows (decode): a GEMV that reads each packed weight block once and
 //!   dots it with every activation row, parallel over output columns. Q4_0,
-//!   Q4_1 and Q8_0 have specialised block dots that never expand the block
-//!   (`d·Σxq + m·Σx`); the other formats expand one block into registers.
+//!   By default the activations are quantized to 8 bits and every format has
+//!   integer block dots (`int8`: scalar, AVX2, AVX-512 VNNI, picked at run
+//!   time); with f32 activations Q4_0, Q4_1 and Q8_0 have block dots that
+//!   never expand the block (`d·Σxq + m·Σx`) and the other formats expand one
+//!   block into registers.
 //! - many rows (prefill): the weight is expanded to f32 once into pooled
 //!   scratch and multiplied with stitch's packed GEMM.
 
@@ -16,6 +19,8 @@ use stitch_core::{BufferPool, DType, Error, Result, Tensor, TensorType};
 use super::dims;
 use super::scratch::ScratchElem;
 use super::sgemm::{sgemm, Isa, Mat};
+
+mod int8;
 
 /// Activation rows from which expanding the weight and using the GEMM wins.
 const GEMM_MIN_ROWS: usize = 8;
@@ -170,10 +175,8 @@ fn quantize_activations() -> bool {
 
 /// Few-row product: each task takes a range of weight rows (output columns).
 fn gemv(x: &[f32], w: &[u8], format: QuantFormat, m: usize, n: usize, k: usize, dst: &mut [f32]) {
-    if quantize_activations() && matches!(format, QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0) {
-        if let Some(isa) = int8::Isa::detect() {
-            return int8::gemv(isa, x, w, format, m, n, k, dst);
-        }
+    if quantize_activations() && int8::supports(format) {
+        return int8::gemv(int8::Isa::detect(), x, w, format, m, n, k, dst);
     }
     gemv_f32(x, w, format, m, n, k, dst)
 }
@@ -290,263 +293,4 @@ fn dot_q8_0(x: &[f32], w: &[u8]) -> f32 {
         acc += d * lanes.iter().sum::<f32>();
     }
     acc
-}
-
-/// 8-bit activation path: activations quantized per 32-element block
-/// (`x ≈ d·q`, q in i8, with Σq kept for the formats' offset terms) and
-/// integer block dots with AVX2 (`maddubs`) where the CPU has it.
-mod int8 {
-    use rayon::prelude::*;
-    use stitch_core::quant::QuantFormat;
-
-    #[cfg(test)]
-    use super::f16_at;
-    use super::OutPtr;
-    use crate::kernels::scratch::ScratchElem;
-
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub(super) enum Isa {
-        #[cfg(target_arch = "x86_64")]
-        Avx2,
-    }
-
-    impl Isa {
-        pub(super) fn detect() -> Option<Isa> {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                    && std::arch::is_x86_feature_detected!("f16c")
-                {
-                    return Some(Isa::Avx2);
-                }
-            }
-            None
-        }
-    }
-
-    /// Quantized activations of one row: per block, scale, Σq and 32 i8 values.
-    struct QRow<'a> {
-        q: &'a [i8],
-        d: &'a [f32],
-        sum: &'a [f32],
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn gemv(
-        isa: Isa,
-        x: &[f32],
-        w: &[u8],
-        format: QuantFormat,
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: &mut [f32],
-    ) {
-        let nb = k / 32;
-        let bb = format.block_bytes();
-        let rb = nb * bb;
-        // Scratch layout (as f32 words): q bytes (m·k / 4 words), d (m·nb), sums (m·nb).
-        let qwords = (m * k).div_ceil(4);
-        f32::with_scratch(qwords + 2 * m * nb, |scratch| {
-            let (qw, rest) = scratch.split_at_mut(qwords);
-            let (ds, sums) = rest.split_at_mut(m * nb);
-            let q: &mut [i8] = &mut bytemuck::cast_slice_mut::<f32, i8>(qw)[..m * k];
-            for ((xb, qb), (d, s)) in x
-                .chunks_exact(32)
-                .zip(q.chunks_exact_mut(32))
-                .zip(ds.iter_mut().zip(sums.iter_mut()))
-            {
-                let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let scale = amax / 127.0;
-                let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-                let mut total = 0i32;
-                for (o, &v) in qb.iter_mut().zip(xb) {
-                    let r = (v * inv).round() as i32;
-                    *o = r as i8;
-                    total += r;
-                }
-                *d = scale;
-                *s = total as f32;
-            }
-            let (q, ds, sums): (&[i8], &[f32], &[f32]) = (q, ds, sums);
-            let out = OutPtr(dst.as_mut_ptr());
-            let rows_per_task = (16384 / rb.max(1)).clamp(1, 256);
-            (0..n.div_ceil(rows_per_task)).into_par_iter().for_each(|task| {
-                let (r0, r1) = (task * rows_per_task, ((task + 1) * rows_per_task).min(n));
-                for r in r0..r1 {
-                    let wr = &w[r * rb..(r + 1) * rb];
-                    for mi in 0..m {
-                        let row = QRow {
-                            q: &q[mi * k..(mi + 1) * k],
-                            d: &ds[mi * nb..(mi + 1) * nb],
-                            sum: &sums[mi * nb..(mi + 1) * nb],
-                        };
-                        let acc = match isa {
-                            // SAFETY: the CPU has AVX2 and FMA (checked by `detect`).
-                            #[cfg(target_arch = "x86_64")]
-                            Isa::Avx2 => unsafe { dot_avx2(format, wr, &row, nb) },
-                        };
-                        // SAFETY: (mi, r) is inside dst; only this task writes column r.
-                        unsafe { *out.get().add(mi * n + r) = acc };
-                    }
-                }
-            });
-        });
-    }
-
-    /// Scalar block dot, the definition the SIMD code must match (tests).
-    #[cfg(test)]
-    fn dot_scalar(format: QuantFormat, w: &[u8], row: &QRow, nb: usize) -> f32 {
-        let bb = format.block_bytes();
-        let mut acc = 0f32;
-        for b in 0..nb {
-            let blk = &w[b * bb..(b + 1) * bb];
-            let q8 = &row.q[b * 32..(b + 1) * 32];
-            let dx = row.d[b];
-            let (d, m, qs) = match format {
-                QuantFormat::Q4_1 => (f16_at(blk), f16_at(&blk[2..]), &blk[4..20]),
-                _ => (f16_at(blk), 0.0, &blk[2..]),
-            };
-            let mut dot = 0i32;
-            for j in 0..32 {
-                let wq = match format {
-                    QuantFormat::Q8_0 => qs[j] as i8 as i32,
-                    QuantFormat::Q4_0 => (if j < 16 { qs[j] & 0xF } else { qs[j - 16] >> 4 }) as i32 - 8,
-                    _ => (if j < 16 { qs[j] & 0xF } else { qs[j - 16] >> 4 }) as i32,
-                };
-                dot += wq * q8[j] as i32;
-            }
-            acc += d * dx * dot as f32 + m * dx * row.sum[b];
-        }
-        acc
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_avx2(format: QuantFormat, w: &[u8], row: &QRow, nb: usize) -> f32 {
-        // SAFETY (all arms): the caller checked AVX2/FMA/F16C; see `dot_avx2_t`.
-        unsafe {
-            match format {
-                QuantFormat::Q4_0 => dot_avx2_t::<0>(w, row, nb),
-                QuantFormat::Q4_1 => dot_avx2_t::<1>(w, row, nb),
-                _ => dot_avx2_t::<2>(w, row, nb),
-            }
-        }
-    }
-
-    /// `F`: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0. Two blocks per iteration into two
-    /// accumulators (independent FMA chains); block scales converted with F16C.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn dot_avx2_t<const F: u8>(w: &[u8], row: &QRow, nb: usize) -> f32 {
-        use std::arch::x86_64::*;
-        let bb = match F {
-            0 => 18,
-            1 => 20,
-            _ => 34,
-        };
-        debug_assert!(w.len() >= nb * bb && row.q.len() >= nb * 32 && row.d.len() >= nb && row.sum.len() >= nb);
-        let mask = _mm_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
-        let (wp, qp, dp, sp) = (w.as_ptr(), row.q.as_ptr(), row.d.as_ptr(), row.sum.as_ptr());
-        // One block's contribution: (scaled integer dot as 8 f32 lanes, offset term).
-        let block = |b: usize| -> (__m256, f32) {
-            // SAFETY: b < nb, so the block's bytes, its 32 activations and its
-            // scale and sum are in bounds (see the debug assertion).
-            unsafe {
-                let blk = wp.add(b * bb);
-                let q8 = _mm256_loadu_si256(qp.add(b * 32) as *const __m256i);
-                // d (and m for Q4_1) as f32 with F16C.
-                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
-                let dx = *dp.add(b);
-                let d = _mm_cvtss_f32(dm) * dx;
-                let p16 = if F == 2 {
-                    let wq = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                    _mm256_maddubs_epi16(_mm256_abs_epi8(wq), _mm256_sign_epi8(q8, wq))
-                } else {
-                    let qs = _mm_loadu_si128(blk.add(if F == 1 { 4 } else { 2 }) as *const __m128i);
-                    let lo = _mm_and_si128(qs, mask);
-                    let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
-                    _mm256_maddubs_epi16(_mm256_set_m128i(hi, lo), q8)
-                };
-                let v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)), _mm256_set1_ps(d));
-                let off = match F {
-                    // (q − 8)·x = q·x − 8·Σx
-                    0 => -8.0 * d * *sp.add(b),
-                    1 => _mm_cvtss_f32(_mm_movehdup_ps(dm)) * dx * *sp.add(b),
-                    _ => 0.0,
-                };
-                (v, off)
-            }
-        };
-        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let (mut off0, mut off1) = (0f32, 0f32);
-        let mut b = 0;
-        while b + 1 < nb {
-            let (v0, o0) = block(b);
-            let (v1, o1) = block(b + 1);
-            acc0 = _mm256_add_ps(acc0, v0);
-            acc1 = _mm256_add_ps(acc1, v1);
-            off0 += o0;
-            off1 += o1;
-            b += 2;
-        }
-        if b < nb {
-            let (v0, o0) = block(b);
-            acc0 = _mm256_add_ps(acc0, v0);
-            off0 += o0;
-        }
-        let acc = _mm256_add_ps(acc0, acc1);
-        let lo = _mm256_castps256_ps128(acc);
-        let hi = _mm256_extractf128_ps(acc, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s) + off0 + off1
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-        use rand::{Rng, SeedableRng};
-
-        #[test]
-        fn simd_block_dots_equal_the_scalar_definition() {
-            let Some(isa) = Isa::detect() else { return };
-            let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(4);
-            for format in [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0] {
-                let nb = 7;
-                let bb = format.block_bytes();
-                let mut w: Vec<u8> = (0..nb * bb).map(|_| r.gen()).collect();
-                for blk in w.chunks_exact_mut(bb) {
-                    blk[..2].copy_from_slice(&half::f16::from_f32(r.gen_range(0.01..0.1)).to_bits().to_le_bytes());
-                    if format == QuantFormat::Q4_1 {
-                        blk[2..4].copy_from_slice(&half::f16::from_f32(r.gen_range(-0.1..0.1)).to_bits().to_le_bytes());
-                    }
-                }
-                let q: Vec<i8> = (0..nb * 32).map(|_| r.gen_range(-127..=127)).collect();
-                let d: Vec<f32> = (0..nb).map(|_| r.gen_range(0.001..0.02)).collect();
-                let sum: Vec<f32> = q
-                    .chunks(32)
-                    .map(|c| c.iter().map(|&v| v as i32).sum::<i32>() as f32)
-                    .collect();
-                let row = QRow {
-                    q: &q,
-                    d: &d,
-                    sum: &sum,
-                };
-                let want = dot_scalar(format, &w, &row, nb);
-                let got = match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => unsafe { dot_avx2(format, &w, &row, nb) },
-                };
-                assert!(
-                    (got - want).abs() <= 1e-4 * want.abs().max(1.0),
-                    "{format}: {got} vs {want}"
-                );
-            }
-        }
-    }
 }
