@@ -293,10 +293,14 @@ mod x86 {
 
     use super::{k4_scales, QRow};
 
-    #[inline(always)]
+    /// The f16 at `p` as f32, converted by F16C (the `half` crate's
+    /// conversion is a call without it in this target-feature context).
+    #[target_feature(enable = "f16c")]
+    #[inline]
     unsafe fn f16_ptr(p: *const u8) -> f32 {
         // SAFETY: the caller points p at two readable bytes.
-        half::f16::from_bits(unsafe { (p as *const u16).read_unaligned() }).to_f32()
+        let bits = unsafe { (p as *const u16).read_unaligned() };
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -357,7 +361,8 @@ mod x86 {
     }
 
     /// (d, c) of a 32-element block: value = d·code + c.
-    #[inline(always)]
+    #[target_feature(enable = "f16c")]
+    #[inline]
     unsafe fn block_scales<const F: u8>(blk: *const u8) -> (f32, f32) {
         // SAFETY: blk points at a whole block of format F.
         unsafe {
