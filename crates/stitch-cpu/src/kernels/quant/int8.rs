@@ -366,11 +366,14 @@ mod x86 {
     unsafe fn block_scales<const F: u8>(blk: *const u8) -> (f32, f32) {
         // SAFETY: blk points at a whole block of format F.
         unsafe {
-            let d = f16_ptr(blk);
+            // d and the next f16 (Q4_1/Q5_1's minimum) in one conversion; every
+            // block is at least 18 bytes, so the 4-byte read stays inside it.
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+            let d = _mm_cvtss_f32(dm);
             let c = match F {
                 0 => -8.0 * d,
                 3 => -16.0 * d,
-                1 | 4 => f16_ptr(blk.add(2)),
+                1 | 4 => _mm_cvtss_f32(_mm_movehdup_ps(dm)),
                 _ => 0.0,
             };
             (d, c)
@@ -418,8 +421,9 @@ mod x86 {
     unsafe fn avx2_32<const F: u8>(w: &[u8], row: &QRow, nb: usize) -> f32 {
         let bb = block_bytes(F);
         let (wp, qp) = (w.as_ptr(), row.q.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut off = [0f32; 2];
+        // One accumulator: indexing two by `b & 1` kept them in memory.
+        let mut acc = _mm256_setzero_ps();
+        let mut off = 0f32;
         for b in 0..nb {
             // SAFETY: b < nb; the caller's contract covers the block and its activations.
             unsafe {
@@ -433,11 +437,11 @@ mod x86 {
                 };
                 let (d, c) = block_scales::<F>(blk);
                 let (da, db) = (*row.d.get_unchecked(2 * b), *row.d.get_unchecked(2 * b + 1));
-                acc[b & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), pair(d * da, d * db), acc[b & 1]);
-                off[b & 1] += c * (*row.ds.get_unchecked(2 * b) + *row.ds.get_unchecked(2 * b + 1));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), pair(d * da, d * db), acc);
+                off += c * (*row.ds.get_unchecked(2 * b) + *row.ds.get_unchecked(2 * b + 1));
             }
         }
-        hsum(_mm256_add_ps(acc[0], acc[1])) + off[0] + off[1]
+        hsum(acc) + off
     }
 
     /// Q4_K (`H` false) and Q5_K (`H` true).
@@ -621,8 +625,9 @@ mod x86 {
     unsafe fn avx512_32<const F: u8>(w: &[u8], row: &QRow, nb: usize) -> f32 {
         let bb = block_bytes(F);
         let (wp, qp) = (w.as_ptr(), row.q.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let mut off = [0f32; 2];
+        // One accumulator: indexing two by a run-time parity kept them in memory.
+        let mut acc = _mm512_setzero_ps();
+        let mut off = 0f32;
         let mut b = 0;
         while b + 1 < nb {
             // SAFETY: b + 1 < nb; the caller's contract covers both blocks and their activations.
@@ -638,10 +643,9 @@ mod x86 {
                     _mm512_castps128_ps512(_mm_loadu_ps(row.d.as_ptr().add(2 * b))),
                 );
                 let scale = _mm512_mul_ps(dx, _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0), _mm512_set1_ps(d1)));
-                let i = (b >> 1) & 1;
-                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[i]);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc);
                 let ds = row.ds.as_ptr().add(2 * b);
-                off[i] += c0 * (*ds + *ds.add(1)) + c1 * (*ds.add(2) + *ds.add(3));
+                off += c0 * (*ds + *ds.add(1)) + c1 * (*ds.add(2) + *ds.add(3));
             }
             b += 2;
         }
@@ -664,7 +668,7 @@ mod x86 {
                     + c * (*row.ds.get_unchecked(2 * b) + *row.ds.get_unchecked(2 * b + 1));
             }
         }
-        hsum512(_mm512_add_ps(acc[0], acc[1])) + off[0] + off[1] + tail
+        hsum512(acc) + off + tail
     }
 
     /// Q4_K (`H` false) and Q5_K (`H` true): sub-blocks 2j and 2j+1 (low and
