@@ -106,9 +106,10 @@ fn f16_at(b: &[u8]) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
 }
 
-/// (scale, min) number `j` (0..8) of a K-quant super-block's 12 packed bytes.
+/// (scale, min) number `j` (0..8) of a K-quant super-block's 12 packed bytes
+/// (Q4_K and Q5_K; shared with the CPU's quantized kernels).
 #[inline(always)]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

@@ -819,6 +819,24 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    /// `v` as a matrix: row-major with leading dimension `ld`, or transposed
+    /// (column-major) with leading dimension `ld_t`.
+    fn view(v: &[f32], transposed: bool, ld_t: usize, ld: usize) -> Mat {
+        if transposed {
+            Mat {
+                ptr: v.as_ptr(),
+                rs: 1,
+                cs: ld_t as isize,
+            }
+        } else {
+            Mat {
+                ptr: v.as_ptr(),
+                rs: ld as isize,
+                cs: 1,
+            }
+        }
+    }
+
     use super::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -843,32 +861,8 @@ mod tests {
                 // A transposed B goes with a transposed A (stored k×m), which
                 // takes the packed-A path.
                 let ta = tb;
-                let a = if ta {
-                    Mat {
-                        ptr: av.as_ptr(),
-                        rs: 1,
-                        cs: m as isize,
-                    }
-                } else {
-                    Mat {
-                        ptr: av.as_ptr(),
-                        rs: k as isize,
-                        cs: 1,
-                    }
-                };
-                let b = if tb {
-                    Mat {
-                        ptr: bv.as_ptr(),
-                        rs: 1,
-                        cs: k as isize,
-                    }
-                } else {
-                    Mat {
-                        ptr: bv.as_ptr(),
-                        rs: n as isize,
-                        cs: 1,
-                    }
-                };
+                let a = view(&av, ta, m, k);
+                let b = view(&bv, tb, k, n);
                 let packed = unsafe { PackedB::new(isa, k, n, b) };
                 assert_eq!((packed.k(), packed.n()), (k, n));
                 let bias: Vec<f32> = (0..n).map(|_| r.gen_range(-1.0..1.0)).collect();
@@ -917,32 +911,8 @@ mod tests {
                     let bv: Vec<f32> = (0..k * n).map(|_| r.gen_range(-1.0..1.0)).collect();
                     let c0: Vec<f32> = (0..m * n).map(|_| r.gen_range(-1.0..1.0)).collect();
                     // Stored as A (m×k) or Aᵀ (k×m); B likewise.
-                    let a = if ta {
-                        Mat {
-                            ptr: av.as_ptr(),
-                            rs: 1,
-                            cs: m as isize,
-                        }
-                    } else {
-                        Mat {
-                            ptr: av.as_ptr(),
-                            rs: k as isize,
-                            cs: 1,
-                        }
-                    };
-                    let b = if tb {
-                        Mat {
-                            ptr: bv.as_ptr(),
-                            rs: 1,
-                            cs: k as isize,
-                        }
-                    } else {
-                        Mat {
-                            ptr: bv.as_ptr(),
-                            rs: n as isize,
-                            cs: 1,
-                        }
-                    };
+                    let a = view(&av, ta, m, k);
+                    let b = view(&bv, tb, k, n);
                     let (alpha, beta) = (0.75f32, -0.5f32);
                     for read_c in [false, true] {
                         let mut c = c0.clone();

@@ -22,7 +22,7 @@
 //! Nothing here allocates: the caller owns the scratch.
 
 use rayon::prelude::*;
-use stitch_core::quant::QuantFormat;
+use stitch_core::quant::{scale_min_k4, QuantFormat};
 
 use super::{f16_at, OutPtr};
 use crate::kernels::scratch::ScratchElem;
@@ -161,19 +161,6 @@ pub(super) fn dot(isa: Isa, format: QuantFormat, w: &[u8], row: &QRow, nb: usize
         // SAFETY: as above, plus AVX-512 F/BW/VL/VNNI.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => unsafe { x86::dot_avx512(format, w, row, nb) },
-    }
-}
-
-/// (scale, min) number `j` (0..8) of a K-quant super-block's 12 packed bytes.
-#[inline(always)]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
     }
 }
 
