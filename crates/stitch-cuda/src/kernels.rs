@@ -57,6 +57,18 @@ pub fn quant_args(f: stitch_core::QuantFormat) -> (i32, i32, i32) {
     (quant_code(f), f.block_elems() as i32, f.block_bytes() as i32)
 }
 
+/// The format-specialised GEMV kernels (`st_qgemv_<code>`), by [`quant_code`].
+pub const QGEMV_NAMES: [&str; 8] = [
+    "st_qgemv_0",
+    "st_qgemv_1",
+    "st_qgemv_2",
+    "st_qgemv_3",
+    "st_qgemv_4",
+    "st_qgemv_5",
+    "st_qgemv_6",
+    "st_qgemv_7",
+];
+
 /// Rows of `x` up to which quantized matmul runs as a GEMV kernel (more rows
 /// expand the weight and use cuBLAS).
 pub const QUANT_GEMV_MAX_ROWS: usize = 8;
@@ -1085,3 +1097,35 @@ extern "C" __global__ void st_pool_f32(const WinMeta g, const float* __restrict_
   }
 }
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `extern "C"` kernel name written out in the hand-written sources
+    /// (the backend keys loaded kernels by name alone).
+    fn names(src: &str) -> Vec<String> {
+        src.split("__global__ void ")
+            .skip(1)
+            .filter_map(|rest| rest.split('(').next())
+            .map(|n| n.trim().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn kernel_names_are_unique_across_sources_and_the_gemv_table_names_real_kernels() {
+        let mut all: Vec<String> = [SOURCE, ATTN_SOURCE, OPS_SOURCE]
+            .iter()
+            .flat_map(|s| names(s))
+            .collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "duplicate kernel names: {all:?}");
+        for (code, name) in QGEMV_NAMES.iter().enumerate() {
+            assert!(SOURCE.contains(&format!("ST_QGEMV({code},")), "{name}");
+            assert_eq!(*name, format!("st_qgemv_{code}"));
+        }
+        assert!(all.iter().all(|n| !n.starts_with('[')));
+    }
+}

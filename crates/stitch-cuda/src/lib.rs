@@ -204,6 +204,11 @@ fn elem_ptr(t: &Tensor, stream: &CudaStream) -> Result<u64> {
     Ok(base + (t.offset() * t.dtype().size_in_bytes()) as u64)
 }
 
+/// The first `N` element strides of `t` (attention kernels' by-value metadata).
+fn strides_of<const N: usize>(t: &Tensor) -> [i64; N] {
+    std::array::from_fn(|i| t.strides()[i] as i64)
+}
+
 /// Lets `f` use `bytes` of dynamic shared memory (past the default 48 KiB).
 fn allow_shared(f: &CudaFunction, bytes: u32) -> Result<()> {
     if bytes > 48 * 1024 {
@@ -422,7 +427,9 @@ impl CudaBackend {
     }
 
     fn builtin(&self, name: &str) -> Result<CudaFunction> {
-        self.function(&format!("builtin:{name}"), kernels::SOURCE, name)
+        // Kernel names are unique across the hand-written sources (and unlike
+        // region keys, which start with `[`), so the name is the key.
+        self.function(name, kernels::SOURCE, name)
     }
 
     fn check_launch(&self, what: &str, r: std::result::Result<(), cudarc::driver::DriverError>) -> Result<()> {
@@ -1094,7 +1101,7 @@ impl CudaBackend {
         if k % 32 == 0 && px % 16 == 0 {
             // The format-specialised kernel: weights dequantized in registers
             // once for every row, x read with 16-byte loads.
-            let f = self.builtin(&format!("st_qgemv_{}", kernels::quant_code(format)))?;
+            let f = self.builtin(kernels::QGEMV_NAMES[kernels::quant_code(format) as usize])?;
             let rows32 = rows as i32;
             let mut b = self.stream.launch_builder(&f);
             b.arg(&px).arg(&pw).arg(&py).arg(&rows32).arg(&n_i).arg(&k_i).arg(&rb_i);
@@ -1225,11 +1232,7 @@ impl CudaBackend {
             causal: i32::from(causal),
             ..Default::default()
         };
-        for i in 0..4 {
-            m.qs[i] = q.strides()[i] as i64;
-            m.ks[i] = kb.strides()[i] as i64;
-            m.vs[i] = vb.strides()[i] as i64;
-        }
+        (m.qs, m.ks, m.vs) = (strides_of(q), strides_of(&kb), strides_of(&vb));
         let (ms, kind, mask_ptr) = mask_args(node, mask, [b, h, s, t], &self.stream)?;
         if kind > 2 {
             return Err(err(format!(
@@ -1268,7 +1271,7 @@ impl CudaBackend {
     fn attn_function(&self, name: &str) -> Result<CudaFunction> {
         static SOURCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         let src = SOURCE.get_or_init(|| format!("{}{}", codegen::HALF_PRELUDE, kernels::ATTN_SOURCE));
-        self.function(&format!("attn:{name}"), src, name)
+        self.function(name, src, name)
     }
 
     /// Tensor-core attention for f16/bf16 operands with head size 64 or 128;
@@ -1308,11 +1311,7 @@ impl CudaBackend {
             causal: i32::from(causal),
             ..Default::default()
         };
-        for i in 0..3 {
-            m.qs[i] = q.strides()[i] as i64;
-            m.ks[i] = kb.strides()[i] as i64;
-            m.vs[i] = vb.strides()[i] as i64;
-        }
+        (m.qs, m.ks, m.vs) = (strides_of(q), strides_of(&kb), strides_of(&vb));
         let out = self.alloc(q.dtype(), &[b, h, s, d])?;
         if b * h * s == 0 {
             return Ok(Some(out));
@@ -1390,20 +1389,15 @@ impl CudaBackend {
             splits: splits as i32,
             ..Default::default()
         };
-        for i in 0..4 {
-            m.qs[i] = q.strides()[i] as i64;
-            m.ks[i] = kb.strides()[i] as i64;
-            m.vs[i] = vb.strides()[i] as i64;
-        }
+        (m.qs, m.ks, m.vs) = (strides_of(q), strides_of(&kb), strides_of(&vb));
         let (ms, kind, mask_ptr) = mask_args(node, mask, [b, h, s, t], &self.stream)?;
         (m.ms, m.mask_kind) = (ms, kind);
-        let suffix = match q.dtype() {
-            DType::F32 => "f32",
-            DType::F16 => "f16",
-            _ => "bf16",
+        let (part, join) = match q.dtype() {
+            DType::F32 => ("st_decode_part_f32", "st_decode_join_f32"),
+            DType::F16 => ("st_decode_part_f16", "st_decode_join_f16"),
+            _ => ("st_decode_part_bf16", "st_decode_join_bf16"),
         };
-        let part = self.attn_function(&format!("st_decode_part_{suffix}"))?;
-        let join = self.attn_function(&format!("st_decode_join_{suffix}"))?;
+        let (part, join) = (self.attn_function(part)?, self.attn_function(join)?);
         let po = self.alloc(DType::F32, &[rows * splits, dv])?;
         let pml = self.alloc(DType::F32, &[rows * splits, 2])?;
         let (pq, pk, pv, ppo, ppml, pout) = (

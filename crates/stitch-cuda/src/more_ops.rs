@@ -52,7 +52,7 @@ fn bits_of(v: f64, dtype: DType) -> Result<u64> {
 
 impl CudaBackend {
     fn ops_function(&self, name: &str) -> Result<CudaFunction> {
-        self.function(&format!("ops:{name}"), kernels::OPS_SOURCE, name)
+        self.function(name, kernels::OPS_SOURCE, name)
     }
 
     fn grid(&self, n: usize) -> LaunchConfig {
