@@ -529,7 +529,75 @@ fn sdpa_with_masks_causal_alignment_and_grouped_heads_agrees_with_reference() {
             causal,
             "grouped causal with bool mask",
         );
+        // Enough query rows for the blocked f32 path: several row blocks, a
+        // partial last block, causal limits inside a block, grouped heads.
+        run_sdpa_case(&mut r, dtype, [1, 3, 1, 9, 70, 5], &Mask::None, plain, "blocked, plain");
+        run_sdpa_case(
+            &mut r,
+            dtype,
+            [2, 4, 2, 40, 40, 8],
+            &Mask::Additive(vec![2, 1, 40, 40]),
+            causal,
+            "blocked, grouped causal with additive mask",
+        );
+        run_sdpa_case(
+            &mut r,
+            dtype,
+            [1, 2, 2, 37, 50, 6],
+            &Mask::Bool(vec![1, 2, 37, 50]),
+            causal,
+            "blocked, causal Lq < Lk with bool mask",
+        );
+        run_sdpa_case(
+            &mut r,
+            dtype,
+            [1, 2, 1, 33, 20, 4],
+            &Mask::Bool(vec![20]),
+            SdpaAttrs {
+                scale: Some(0.7),
+                causal: false,
+            },
+            "blocked, key mask and explicit scale",
+        );
     }
+}
+
+#[test]
+fn sdpa_fully_masked_rows_in_a_row_block_give_nan_and_leave_the_others() {
+    // Twelve query rows (the blocked f32 path): rows 3 and 7 attend to nothing.
+    let mut r = rng(49);
+    let (q, k, v) = (
+        random(&mut r, DType::F32, &[1, 2, 12, 4]),
+        random(&mut r, DType::F32, &[1, 2, 6, 4]),
+        random(&mut r, DType::F32, &[1, 2, 6, 3]),
+    );
+    let mask: Vec<f64> = (0..12 * 6)
+        .map(|i| {
+            let (row, key) = (i / 6, i % 6);
+            if row == 3 || row == 7 || (row + key) % 3 == 0 {
+                f64::NEG_INFINITY
+            } else {
+                0.5 * key as f64
+            }
+        })
+        .collect();
+    let mask = Tensor::from_f64(DType::F32, &mask, &[12, 6]).unwrap();
+    let want = sdpa_ref(&q, &k, &v, Some(&mask), 0.5, false);
+    let nan_rows: Vec<usize> = (0..24)
+        .filter(|&row| want[row * 3..row * 3 + 3].iter().all(|x| x.is_nan()))
+        .collect();
+    assert_eq!(nan_rows, [3, 7, 15, 19]);
+    check(
+        Op::Sdpa(SdpaAttrs {
+            scale: Some(0.5),
+            causal: false,
+        }),
+        &[q, k, v, mask],
+        &want,
+        &[1, 2, 12, 3],
+        false,
+        "sdpa fully masked rows, blocked",
+    );
 }
 
 #[test]

@@ -3,22 +3,35 @@
 //! k, grouped-query heads) are run on the CPU before and after the rewrite, and
 //! sdpa's own decomposition is rewritten back and run against the original.
 //!
-//! `Executable` does not run the rewrite itself, so the pass is applied by hand
-//! and the rewritten graph compiled separately.
+//! The pass is applied by hand and the rewritten graph compiled separately;
+//! the expected side is the original graph compiled as the op-by-op reference
+//! (compiling runs the rewrite too, and the reference decomposes the sdpa back
+//! into primitives).
 
 mod common;
 
 use std::sync::Arc;
 
+use stitch_core::ops::BinaryOp;
 use stitch_core::ops::SdpaAttrs;
 use stitch_core::passes::decompose::decompose;
 use stitch_core::passes::rewrite::{attention_to_sdpa, rewrite, softmax_from_primitives, Rule};
 use stitch_core::{CompileOptions, DType, Executable, Graph, Op, Tensor, Value};
 use stitch_cpu::CpuBackend;
 
-fn run(g: &Graph, outs: &[Value], feeds: &[(&str, Tensor)]) -> Vec<Tensor> {
-    let exe = Executable::compile(g, outs, Arc::new(CpuBackend::new()), CompileOptions::default()).unwrap();
+fn run_with(g: &Graph, outs: &[Value], feeds: &[(&str, Tensor)], options: CompileOptions) -> Vec<Tensor> {
+    let exe = Executable::compile(g, outs, Arc::new(CpuBackend::new()), options).unwrap();
     exe.run(feeds, &mut exe.new_state()).unwrap()
+}
+
+/// The graph as compiled by default (rewritten, fused).
+fn run(g: &Graph, outs: &[Value], feeds: &[(&str, Tensor)]) -> Vec<Tensor> {
+    run_with(g, outs, feeds, CompileOptions::default())
+}
+
+/// The op-by-op reference of the graph.
+fn reference(g: &Graph, outs: &[Value], feeds: &[(&str, Tensor)]) -> Vec<Tensor> {
+    run_with(g, outs, feeds, CompileOptions::reference())
 }
 
 fn count(g: &Graph, kind: &str) -> usize {
@@ -191,11 +204,87 @@ fn rewritten_attention_computes_the_same_as_the_hand_written_graph() {
                 panic!("{case:?}: the output is not the sdpa")
             };
             assert!(!attrs.causal);
-            let expected = run(&g, &[o], &feeds);
+            let expected = reference(&g, &[o], &feeds);
             let got = run(&rg, &routs, &feeds);
             assert_same(case, &got[0], &expected[0]);
         }
     }
+}
+
+/// Attention as PyTorch exports `scaled_dot_product_attention` to ONNX (e.g.
+/// all-MiniLM-L6-v2): q and kᵀ each scaled by √scale, kᵀ written as
+/// reshape → transpose → reshape, an additive 0/−∞ mask, and the softmax's
+/// NaN rows (every key masked) zeroed with `where(isnan(p), 0, p)`.
+#[test]
+fn pytorch_exported_attention_becomes_sdpa_and_keeps_fully_masked_rows_zero() {
+    const L: usize = 12;
+    let mut r = common::rng(7);
+    let mut g = Graph::new();
+    // q, k and v arrive as [B, L, H, D] projections transposed to [B, H, L, D]
+    // (strided views the kernel reads in place).
+    let mut heads = |name: &str, d: usize| {
+        let x = g.placeholder(name, DType::F32, [BATCH, L, HEADS, d]);
+        g.transpose(x, &[0, 2, 1, 3]).unwrap()
+    };
+    let (q, k, v) = (heads("q", D), heads("k", D), heads("v", DV));
+    let mask = g.placeholder("mask", DType::F32, [BATCH, 1, L, L]);
+    let c = g.scalar(DType::F32, (1.0 / (D as f64).sqrt()).sqrt());
+    let qs = g.mul(q, c).unwrap();
+    let kr = g.reshape(k, &[(BATCH * HEADS) as i64, L as i64, D as i64]).unwrap();
+    let kt = g.transpose(kr, &[0, 2, 1]).unwrap();
+    let kt = g
+        .reshape(kt, &[BATCH as i64, HEADS as i64, D as i64, L as i64])
+        .unwrap();
+    let ks = g.mul(kt, c).unwrap();
+    let s = g.matmul(qs, ks).unwrap();
+    let s = g.add(s, mask).unwrap();
+    let p = g.softmax(s, -1).unwrap();
+    let is_nan = g.add_op(Op::Binary(BinaryOp::NotEqual), &[p, p]).unwrap();
+    let zero = g.scalar(DType::F32, 0.0);
+    let p = g.where_(is_nan, zero, p).unwrap();
+    let o = g.matmul(p, v).unwrap();
+
+    // Padding masks: batch 0 attends to 9 keys, batch 1 to 5; batch 1's query
+    // rows past 5 attend to nothing (as `and(mask_row, mask_col)` makes them).
+    let mut m = vec![0.0; BATCH * L * L];
+    for (i, x) in m.iter_mut().enumerate() {
+        let (b, row, key) = (i / (L * L), (i / L) % L, i % L);
+        let len = if b == 0 { 9 } else { 5 };
+        if key >= len || (b == 1 && row >= len) {
+            *x = f64::NEG_INFINITY;
+        }
+    }
+    let feeds = vec![
+        ("q", common::random(&mut r, DType::F32, &[BATCH, L, HEADS, D])),
+        ("k", common::random(&mut r, DType::F32, &[BATCH, L, HEADS, D])),
+        ("v", common::random(&mut r, DType::F32, &[BATCH, L, HEADS, DV])),
+        ("mask", Tensor::from_f64(DType::F32, &m, &[BATCH, 1, L, L]).unwrap()),
+    ];
+
+    let (rg, routs, n) = rewrite(&g, &[o], &[&attention_to_sdpa()]).unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(count(&rg, "sdpa"), 1);
+    for gone in ["softmax", "matmul", "mul", "reshape"] {
+        assert_eq!(count(&rg, gone), 0, "{gone} left");
+    }
+    assert_eq!(count(&rg, "transpose"), 3, "only the three head transposes are left");
+    let sdpa = rg.nodes().iter().find(|n| n.op.kind() == "sdpa").unwrap();
+    let Op::Sdpa(attrs) = sdpa.op else { unreachable!() };
+    assert!((attrs.scale.unwrap() - 1.0 / (D as f64).sqrt()).abs() < 1e-6);
+    let producers: Vec<String> = sdpa.inputs.iter().map(|v| rg.node(v.node).op.kind()).collect();
+    assert_eq!(
+        producers,
+        ["transpose", "transpose", "transpose", "placeholder"],
+        "k is read untransposed"
+    );
+
+    let expected = reference(&g, &[o], &feeds);
+    let got = run(&rg, &routs, &feeds);
+    assert_same("pytorch export", &got[0], &expected[0]);
+    let out = got[0].to_f64_vec();
+    let row = |b: usize, h: usize, i: usize| &out[((b * HEADS + h) * L + i) * DV..][..DV];
+    assert!(row(1, 2, 7).iter().all(|&x| x == 0.0), "fully masked rows are zero");
+    assert!(row(1, 2, 3).iter().all(|&x| x != 0.0 && x.is_finite()));
 }
 
 #[test]
@@ -219,7 +308,7 @@ fn rewrite_leaves_surrounding_nodes_and_extra_outputs_intact() {
     for (old, new) in outs.iter().zip(&routs) {
         assert_eq!(rg.node(new.node).name, g.node(old.node).name);
     }
-    let expected = run(&g, &outs, &feeds);
+    let expected = reference(&g, &outs, &feeds);
     let got = run(&rg, &routs, &feeds);
     for (e, a) in expected.iter().zip(&got) {
         assert_same(case, a, e);
@@ -278,7 +367,7 @@ fn decomposed_sdpa_is_rewritten_back_and_matches_the_original() {
             got.scale
         );
 
-        let expected = run(&g, &[o], &feeds);
+        let expected = reference(&g, &[o], &feeds);
         let decomposed = run(&dg, &douts, &feeds);
         let rewritten = run(&rg, &routs, &feeds);
         assert_same(&what, &decomposed[0], &expected[0]);

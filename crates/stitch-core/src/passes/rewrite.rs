@@ -323,7 +323,58 @@ fn keeps_type(m: &Matcher<'_>, node: &Node, x: Value) -> bool {
     node.outputs.len() == 1 && &node.outputs[0] == m.graph().ty(x)
 }
 
-/// `matmul_t(q, k, transpose_b)` or `matmul(q, transpose(k, [0, 1, 3, 2]))`.
+/// `x0` when `x` is `x0 * c` or `c * x0` (c a one-element float constant, the
+/// product keeping `x0`'s type) and its only consumer is `user`: `(x0, c, mul)`.
+/// Otherwise `(x, 1, None)`.
+fn strip_scalar_mul(m: &Matcher<'_>, x: Value, user: NodeId) -> (Value, f64, Option<NodeId>) {
+    let node = m.producer(x);
+    let private = !m.is_output(x.node) && m.consumers(x.node).iter().all(|&c| c == user);
+    if binary(node) == Some(BinaryOp::Mul) && private {
+        let [a, b] = [node.inputs[0], node.inputs[1]];
+        let found = match (m.scalar_constant(b), m.scalar_constant(a)) {
+            (Some(c), _) => Some((a, c)),
+            (None, Some(c)) => Some((b, c)),
+            _ => None,
+        };
+        if let Some((x0, c)) = found {
+            if keeps_type(m, node, x0) {
+                return (x0, c, Some(x.node));
+            }
+        }
+    }
+    (x, 1.0, None)
+}
+
+/// `k` when `kt` is `k` with its last two axes swapped:
+/// `transpose(k, [0, 1, 3, 2])`, or (as PyTorch exports it)
+/// `reshape(transpose(reshape(k, [B*H, L, D]), [0, 2, 1]), [B, H, D, L])`.
+fn untranspose(m: &Matcher<'_>, kt: Value) -> Option<Value> {
+    let outer = m.producer(kt);
+    match &outer.op {
+        Op::Transpose { perm } if perm == &[0, 1, 3, 2] => return Some(outer.inputs[0]),
+        Op::Reshape { .. } => {}
+        _ => return None,
+    }
+    let t = m.producer(outer.inputs[0]);
+    let (Op::Transpose { perm }, Some(inner)) = (&t.op, t.inputs.first().map(|&v| m.producer(v))) else {
+        return None;
+    };
+    let Op::Reshape { .. } = inner.op else {
+        return None;
+    };
+    if perm != &[0, 2, 1] {
+        return None;
+    }
+    let k = inner.inputs[0];
+    let ks = m.graph().ty(k).concrete()?;
+    let flat = inner.outputs[0].concrete()?;
+    let out = outer.outputs[0].concrete()?;
+    let fits = ks.len() == 4 && flat == [ks[0] * ks[1], ks[2], ks[3]] && out == [ks[0], ks[1], ks[3], ks[2]];
+    fits.then_some(k)
+}
+
+/// `matmul_t(q, k, transpose_b)` or `matmul(q, kᵀ)` (see [`untranspose`]), where
+/// `q` and `k` (or `kᵀ`) may each be scaled by a constant first.
 fn match_qk(m: &Matcher<'_>, x: Value) -> Option<Scores> {
     let node = m.producer(x);
     let Op::MatMul {
@@ -333,22 +384,18 @@ fn match_qk(m: &Matcher<'_>, x: Value) -> Option<Scores> {
     else {
         return None;
     };
-    let (q, kt) = (node.inputs[0], node.inputs[1]);
-    let k = if transpose_b {
-        kt
-    } else {
-        let t = m.producer(kt);
-        match &t.op {
-            Op::Transpose { perm } if perm == &[0, 1, 3, 2] => t.inputs[0],
-            _ => return None,
-        }
-    };
+    let (q, cq, mq) = strip_scalar_mul(m, node.inputs[0], x.node);
+    let (kt, ck, mk) = strip_scalar_mul(m, node.inputs[1], x.node);
+    let k = if transpose_b { kt } else { untranspose(m, kt)? };
+    let mut interior = vec![x.node];
+    interior.extend(mq);
+    interior.extend(mk.filter(|&n| Some(n) != mq));
     Some(Scores {
         value: x,
         q,
         k,
-        scale: 1.0,
-        interior: vec![x.node],
+        scale: cq * ck,
+        interior,
     })
 }
 
@@ -377,7 +424,7 @@ fn match_scaled(m: &Matcher<'_>, x: Value) -> Option<Scores> {
         return None;
     }
     let mut s = match_qk(m, scores)?;
-    s.scale = factor;
+    s.scale *= factor;
     s.value = x;
     s.interior.push(x.node);
     Some(s)
@@ -450,7 +497,12 @@ impl Rule for AttentionToSdpa {
         else {
             return None;
         };
-        let (p, v) = (out.inputs[0], out.inputs[1]);
+        let (mut p, v) = (out.inputs[0], out.inputs[1]);
+        // `where(isnan(p), 0, p)` (isnan as `p != p`): fully masked rows give 0, not NaN.
+        let nan_to_zero = nan_to_zero(m, p);
+        if let Some((_, sm)) = nan_to_zero {
+            p = sm;
+        }
         let softmax = m.producer(p);
         let Op::Softmax { axis } = softmax.op else {
             return None;
@@ -484,21 +536,43 @@ impl Rule for AttentionToSdpa {
 
         let mut interior = scores.interior;
         interior.push(p.node);
+        interior.extend(nan_to_zero.map(|(nodes, _)| nodes).into_iter().flatten());
         let mut inputs = vec![q, k, v];
         inputs.extend(mask);
         let attrs = SdpaAttrs {
             scale: Some(scores.scale),
             causal: false,
         };
+        let zero_nan = nan_to_zero.is_some();
         Some(Match {
             interior,
             inputs,
             emit: Box::new(move |g, ins| {
                 let mask = ins.get(3).copied();
-                Ok(vec![g.sdpa(ins[0], ins[1], ins[2], mask, attrs)?])
+                let o = g.sdpa(ins[0], ins[1], ins[2], mask, attrs)?;
+                if !zero_nan {
+                    return Ok(vec![o]);
+                }
+                // A row's weights are all NaN exactly when its output row is (every
+                // key masked), so zeroing NaN outputs equals zeroing NaN weights.
+                let is_nan = g.add_op(Op::Binary(BinaryOp::NotEqual), &[o, o])?;
+                let zero = g.scalar(g.ty(o).dtype, 0.0);
+                Ok(vec![g.add_op(Op::Where, &[is_nan, zero, o])?])
             }),
         })
     }
+}
+
+/// `([where, isnan], p)` when `x = where(p != p, 0, p)`.
+fn nan_to_zero(m: &Matcher<'_>, x: Value) -> Option<([NodeId; 2], Value)> {
+    let w = m.producer(x);
+    let Op::Where = w.op else {
+        return None;
+    };
+    let [cond, zero, p] = [w.inputs[0], w.inputs[1], w.inputs[2]];
+    let ne = m.producer(cond);
+    let is_nan = binary(ne) == Some(BinaryOp::NotEqual) && ne.inputs[0] == p && ne.inputs[1] == p;
+    (is_nan && m.scalar_constant(zero) == Some(0.0) && keeps_type(m, w, p)).then_some(([x.node, cond.node], p))
 }
 
 // ------------------------------------------------ primitives → softmax

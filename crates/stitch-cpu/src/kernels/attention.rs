@@ -8,6 +8,14 @@
 //! kv head `h / (Hq / Hkv)` directly; nothing is repeated in memory. Math runs
 //! in f32 (f64 for f64 inputs), like the decomposition it replaces. A row with
 //! every key masked gives NaN, as the decomposition does.
+//!
+//! f32 with several query rows (prefill, encoders) takes a blocked path
+//! instead: per (batch, head, block of up to [`BLOCK_ROWS`] rows) the scores
+//! `Q_blk·Kᵀ` and the output `P·V` are two small products on the packed GEMM
+//! micro-kernels, with the scaling folded into the first, the mask and a
+//! vectorised exp applied row by row in between, and the division by the row
+//! sums applied to the output. Keys past every row's causal (or bool-mask)
+//! limit in the block are never read.
 
 use rayon::prelude::*;
 use stitch_core::ops::SdpaAttrs;
@@ -18,6 +26,10 @@ use super::scratch::ScratchElem;
 
 /// Query rows per task.
 const ROWS_PER_TASK: usize = 16;
+/// Query rows per block of the blocked f32 path.
+const BLOCK_ROWS: usize = 32;
+/// Fewest query rows for which f32 takes the blocked path.
+const BLOCKED_MIN_ROWS: usize = 8;
 
 /// Runs `sdpa(q, k, v, mask?)`.
 pub fn sdpa(
@@ -169,8 +181,6 @@ fn run<T: Element, A: Acc + ScratchElem>(
     }
     let group = hq / hkv;
     let scale = A::of(attrs.scale.unwrap_or(1.0 / (d as f64).sqrt()));
-    let (q, k, v) = (q.contiguous(), k.contiguous(), v.contiguous());
-    let (qv, kv, vv) = (q.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
     let view;
     let mask: Mask<'_, A> = match mask {
         None => Mask::None,
@@ -199,6 +209,33 @@ fn run<T: Element, A: Acc + ScratchElem>(
     if n == 0 {
         return Ok(out);
     }
+    if T::DTYPE == DType::F32 && lq >= BLOCKED_MIN_ROWS && d > 0 {
+        // q, k, v are read through their strides (transposed views need no copy).
+        let (q, k, v) = (nonnegative(q), nonnegative(k), nonnegative(v));
+        let dst = out.buffer_mut().as_slice_mut::<f32>();
+        let shape = Dims {
+            hq,
+            hkv,
+            lq,
+            lk,
+            d,
+            dv,
+            offset,
+            causal: attrs.causal,
+        };
+        blocked_f32(
+            StridedF32::of(&q)?,
+            StridedF32::of(&k)?,
+            StridedF32::of(&v)?,
+            &mask,
+            shape,
+            scale.to() as f32,
+            dst,
+        );
+        return Ok(out);
+    }
+    let (q, k, v) = (q.contiguous(), k.contiguous(), v.contiguous());
+    let (qv, kv, vv) = (q.as_slice::<T>()?, k.as_slice::<T>()?, v.as_slice::<T>()?);
     let dst = out.buffer_mut().as_slice_mut::<T>();
     // Few rows (decode: one query row per head) still spread over the threads.
     let rows_per_task = (b * hq * lq / (4 * rayon::current_num_threads().max(1))).clamp(1, ROWS_PER_TASK);
@@ -285,4 +322,191 @@ fn run<T: Element, A: Acc + ScratchElem>(
         stitch_core::BufferPool::recycle(t);
     }
     Ok(out)
+}
+
+/// Sizes of an attention problem for [`blocked_f32`].
+#[derive(Clone, Copy)]
+struct Dims {
+    hq: usize,
+    hkv: usize,
+    lq: usize,
+    lk: usize,
+    d: usize,
+    dv: usize,
+    /// `lk - lq`: the bottom-right causal alignment.
+    offset: isize,
+    causal: bool,
+}
+
+/// `t` itself when none of its strides is negative, else a contiguous copy.
+fn nonnegative(t: &Tensor) -> Tensor {
+    if t.strides().iter().all(|&s| s >= 0) {
+        t.clone()
+    } else {
+        t.contiguous()
+    }
+}
+
+/// A rank-4 f32 tensor read through its (non-negative) strides.
+#[derive(Clone, Copy)]
+struct StridedF32<'a> {
+    data: &'a [f32],
+    offset: usize,
+    strides: [usize; 4],
+}
+
+impl<'a> StridedF32<'a> {
+    fn of(t: &'a Tensor) -> Result<StridedF32<'a>> {
+        let st = t.strides();
+        let nonneg = |i: usize| usize::try_from(st[i]).map_err(|_| Error::invalid("sdpa: negative stride"));
+        Ok(StridedF32 {
+            data: t.buffer().as_slice::<f32>(),
+            offset: t.offset(),
+            strides: [nonneg(0)?, nonneg(1)?, nonneg(2)?, nonneg(3)?],
+        })
+    }
+
+    /// The matrix `[b, h, rows.., cols..]` (rows along axis 2, columns along
+    /// axis 3), or its transpose when `transposed`.
+    fn mat(&self, b: usize, h: usize, row0: usize, transposed: bool) -> super::sgemm::Mat {
+        let [s0, s1, s2, s3] = self.strides;
+        let start = self.offset + b * s0 + h * s1 + row0 * s2;
+        let (rs, cs) = if transposed { (s3, s2) } else { (s2, s3) };
+        super::sgemm::Mat {
+            // SAFETY (of later reads): the caller reads only inside the tensor's extent.
+            ptr: self.data.as_ptr().wrapping_add(start),
+            rs: rs as isize,
+            cs: cs as isize,
+        }
+    }
+}
+
+/// The blocked f32 path (see the module docs): `q`, `k`, `v` are `[B, H, L, D]`
+/// views; `dst` is the contiguous `[B, Hq, Lq, Dv]` output.
+fn blocked_f32<A: Acc>(
+    q: StridedF32<'_>,
+    k: StridedF32<'_>,
+    v: StridedF32<'_>,
+    mask: &Mask<'_, A>,
+    s: Dims,
+    scale: f32,
+    dst: &mut [f32],
+) {
+    use super::sgemm::{sgemm, Isa, Mat};
+    let isa = Isa::detect();
+    let group = s.hq / s.hkv;
+    dst.par_chunks_mut(s.lq * s.dv)
+        .enumerate()
+        .flat_map(|(bh, head)| {
+            head.par_chunks_mut(BLOCK_ROWS * s.dv)
+                .enumerate()
+                .map(move |(rb, out)| (bh, rb, out))
+        })
+        .for_each(|(bh, rb, out)| {
+            let rows = out.len() / s.dv;
+            let i0 = rb * BLOCK_ROWS;
+            let (bi, h) = (bh / s.hq, bh % s.hq);
+            let kvh = h / group;
+            // Each row's key limit (causal, then the last key a bool mask allows).
+            let mut limits = [0usize; BLOCK_ROWS];
+            for (r, limit) in limits.iter_mut().enumerate().take(rows) {
+                let i = i0 + r;
+                *limit = if s.causal {
+                    (i as isize + s.offset + 1).clamp(0, s.lk as isize) as usize
+                } else {
+                    s.lk
+                };
+                if let Mask::Bool { .. } = mask {
+                    *limit = (0..*limit)
+                        .rev()
+                        .find(|&j| mask.at(bi, h, i, j, [s.hq, s.lq, s.lk]) != A::NEG_INF)
+                        .map_or(0, |j| j + 1);
+                }
+            }
+            let n = limits[..rows].iter().copied().max().unwrap_or(0);
+            if n == 0 {
+                // Every key masked in every row: NaN, as the definition gives.
+                out.fill(f32::NAN);
+                return;
+            }
+            <f32 as ScratchElem>::with_scratch(rows * n + n + BLOCK_ROWS, |scratch| {
+                let (scores, rest) = scratch.split_at_mut(rows * n);
+                let (tmp, inv) = rest.split_at_mut(n);
+                // SAFETY: the Q block (rows × d), Kᵀ (d × n) and the scores
+                // (rows × n) lie inside their tensors.
+                unsafe {
+                    let (a, b) = (q.mat(bi, h, i0, false), k.mat(bi, kvh, 0, true));
+                    sgemm(isa, rows, n, s.d, a, b, scores, false, 0.0, scale, false);
+                }
+                for (r, row) in scores.chunks_mut(n).enumerate() {
+                    let i = i0 + r;
+                    let limit = limits[r];
+                    row[limit..].fill(f32::NEG_INFINITY);
+                    let masked = &mut row[..limit];
+                    let at = |st: &[isize; 4], o: isize, j: usize| {
+                        (o + bi as isize * st[0] + h as isize * st[1] + i as isize * st[2] + j as isize * st[3])
+                            as usize
+                    };
+                    match mask {
+                        Mask::None => {}
+                        Mask::F32 { data, strides, offset } if strides[3] == 1 => {
+                            let start = at(strides, *offset, 0);
+                            for (x, &m) in masked.iter_mut().zip(&data[start..start + limit]) {
+                                *x += m;
+                            }
+                        }
+                        Mask::Bool { data, strides, offset } => {
+                            for (j, x) in masked.iter_mut().enumerate() {
+                                if data[at(strides, *offset, j)] == 0 {
+                                    *x = f32::NEG_INFINITY;
+                                }
+                            }
+                        }
+                        _ => {
+                            for (j, x) in masked.iter_mut().enumerate() {
+                                *x += mask.at(bi, h, i, j, [s.hq, s.lq, s.lk]).to() as f32;
+                            }
+                        }
+                    }
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    if max == f32::NEG_INFINITY {
+                        inv[r] = f32::NAN; // every key masked: the output row is NaN
+                        row.fill(0.0);
+                        continue;
+                    }
+                    for x in row.iter_mut() {
+                        *x -= max;
+                    }
+                    super::simd_math::exp_f32(row, tmp);
+                    row.copy_from_slice(tmp);
+                    inv[r] = 1.0 / row.iter().sum::<f32>();
+                }
+                // SAFETY: P (rows × n), V's rows (n × dv) and the output block lie inside their tensors.
+                unsafe {
+                    let a = Mat {
+                        ptr: scores.as_ptr(),
+                        rs: n as isize,
+                        cs: 1,
+                    };
+                    sgemm(
+                        isa,
+                        rows,
+                        s.dv,
+                        n,
+                        a,
+                        v.mat(bi, kvh, 0, false),
+                        out,
+                        false,
+                        0.0,
+                        1.0,
+                        false,
+                    );
+                }
+                for (o, &f) in out.chunks_mut(s.dv).zip(inv.iter()) {
+                    for x in o.iter_mut() {
+                        *x *= f;
+                    }
+                }
+            })
+        });
 }
