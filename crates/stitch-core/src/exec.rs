@@ -528,9 +528,16 @@ impl Executable {
         let mut report = CompileReport::default();
         report.nodes_after.push(("source", self.graph.nodes().len()));
         let concrete = passes::specialize::specialize(&self.graph, input_types)?;
-        // Recognise attention written out op by op, so backends can run it fused.
-        let (concrete, outputs, rewritten) =
-            passes::rewrite::rewrite(&concrete, &self.outputs, &[&passes::rewrite::attention_to_sdpa()])?;
+        // Recognise attention written out op by op, and linear layers' bias adds,
+        // so backends can run them fused.
+        let (concrete, outputs, rewritten) = passes::rewrite::rewrite(
+            &concrete,
+            &self.outputs,
+            &[
+                &passes::rewrite::attention_to_sdpa(),
+                &passes::rewrite::linear_bias_to_gemm(),
+            ],
+        )?;
         report.rewritten = rewritten;
         let primary = self.backends[0].clone();
         let backend = primary.clone();

@@ -74,15 +74,29 @@ impl Backend for CpuBackend {
         kernels::execute(&node.op, inputs, &node.outputs).map_err(|e| with_node(node, e))
     }
 
-    /// Constant f32 matmul weights are packed into the sgemm panel layout once
-    /// per plan, so runs skip packing them.
+    /// Constant f32 matmul and gemm weights are packed into the sgemm panel
+    /// layout once per plan, so runs skip packing them (a gemm's constant bias
+    /// row goes with them, for the epilogue).
     fn prepare(&self, node: &Node, constants: &[Option<&Tensor>]) -> Result<Option<Prepared>> {
-        match (&node.op, constants) {
+        let w = match (&node.op, constants) {
             (Op::MatMul { transpose_b, .. }, [None, Some(b)]) => {
-                Ok(kernels::linalg::prepare_matmul_weight(b, *transpose_b).map(|w| std::sync::Arc::new(w) as Prepared))
+                kernels::linalg::prepare_matmul_weight(b, *transpose_b)
             }
-            _ => Ok(None),
-        }
+            (
+                Op::Gemm {
+                    alpha,
+                    beta,
+                    transpose_a,
+                    transpose_b,
+                },
+                [None, Some(b), c @ ..],
+            ) if c.iter().all(Option::is_some) => {
+                let c = c.first().copied().flatten();
+                kernels::linalg::prepare_gemm_weight(b, c, *alpha, *beta, *transpose_a, *transpose_b)
+            }
+            _ => None,
+        };
+        Ok(w.map(|w| std::sync::Arc::new(w) as Prepared))
     }
 
     fn execute_prepared(&self, node: &Node, inputs: &[Tensor], prepared: &Prepared) -> Result<stitch_core::Outputs> {
@@ -101,6 +115,27 @@ impl Backend for CpuBackend {
             ) => kernels::linalg::matmul_prepacked(a, b, w, *transpose_a, *transpose_b, &node.outputs[0])
                 .map(|t| stitch_core::Outputs::from_iter([t]))
                 .map_err(|e| with_node(node, e)),
+            (
+                Op::Gemm {
+                    alpha,
+                    beta,
+                    transpose_a,
+                    transpose_b,
+                },
+                Some(w),
+                [a, b, c @ ..],
+            ) => kernels::linalg::gemm_prepacked(
+                a,
+                b,
+                c.first(),
+                w,
+                (*alpha, *beta),
+                *transpose_a,
+                *transpose_b,
+                &node.outputs[0],
+            )
+            .map(|t| stitch_core::Outputs::from_iter([t]))
+            .map_err(|e| with_node(node, e)),
             _ => self.execute(node, inputs),
         }
     }

@@ -68,10 +68,28 @@
 //! broadcasts them, which is GQA with a single kv head), or `Hkv * G` when the `expand_kv`
 //! pattern was stripped from both k and v with the same `G`. The mask constant
 //! must be exactly `-inf` (a large finite negative differs on fully masked rows,
-//! where sdpa gives NaN). Scaling after masking, scaling `q` before the matmul,
-//! and causal masks written as `where(iota ≤ iota, ..)` on top of another mask
-//! are not recognised; a causal mask alone is recognised as a plain bool mask,
-//! which is equivalent.
+//! where sdpa gives NaN). Scaling after masking and causal masks written as
+//! `where(iota ≤ iota, ..)` on top of another mask are not recognised; a
+//! causal mask alone is recognised as a plain bool mask, which is equivalent.
+//!
+//! Two more forms, as PyTorch exports `scaled_dot_product_attention`: `q` and
+//! `kᵀ` may each be multiplied by a one-element constant before the `q·kᵀ`
+//! matmul (the scales multiply; the multiply must have no other consumer), and
+//! `kᵀ` may be written `reshape(transpose(reshape(k, [B*H, L, D]), [0, 2, 1]),
+//! [B, H, D, L])`. And the probabilities may pass through
+//! `where(p != p, 0, p)` (ONNX IsNaN: fully masked rows become 0 instead of
+//! NaN) before the last matmul: the replacement then applies the same
+//! `where(o != o, 0, o)` to sdpa's output, which is equal because an output
+//! row is NaN exactly when its weights are (for finite q, k, v).
+//!
+//! [`linear_bias_to_gemm`] folds a linear layer's bias into the product:
+//! `add(matmul(x, W), b)` (either operand order) with `W` a constant matrix
+//! (`transpose_b` allowed, not `transpose_a`), `b` a constant row vector (`[N]`
+//! or `[1, .., 1, N]`) of x's float dtype, and the add not broadcasting beyond
+//! the matmul's shape, becomes `reshape(gemm(reshape(x, [M, K]), W, b),
+//! shape)` with `alpha = beta = 1` (the reshapes only when x has batch axes).
+//! Backends run the bias as the product's epilogue instead of another pass
+//! over the output.
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -575,6 +593,87 @@ fn nan_to_zero(m: &Matcher<'_>, x: Value) -> Option<([NodeId; 2], Value)> {
     (is_nan && m.scalar_constant(zero) == Some(0.0) && keeps_type(m, w, p)).then_some(([x.node, cond.node], p))
 }
 
+// ------------------------------------------------ linear layer → gemm
+
+/// The rule folding a linear layer's bias add into [`Op::Gemm`]; see the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinearBiasToGemm;
+
+/// The `add(matmul(x, W), b)` → `gemm` rule (W, b constants).
+pub fn linear_bias_to_gemm() -> LinearBiasToGemm {
+    LinearBiasToGemm
+}
+
+impl Rule for LinearBiasToGemm {
+    fn name(&self) -> &str {
+        "linear_bias_to_gemm"
+    }
+
+    fn match_at(&self, m: &Matcher<'_>, root: NodeId) -> Option<Match> {
+        let add = m.graph().node(root);
+        if binary(add) != Some(BinaryOp::Add) {
+            return None;
+        }
+        let constant = |v: Value| match &m.producer(v).op {
+            Op::Constant(t) => Some(t.clone()),
+            _ => None,
+        };
+        for (y, b) in [(add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])] {
+            let mm = m.producer(y);
+            let Op::MatMul {
+                transpose_a: false,
+                transpose_b,
+            } = mm.op
+            else {
+                continue;
+            };
+            let (x, w) = (mm.inputs[0], mm.inputs[1]);
+            let (Some(_), Some(bias)) = (constant(w), constant(b)) else {
+                continue;
+            };
+            let (xt, wt) = (m.graph().ty(x), m.graph().ty(w));
+            let (Some(xs), Some(ws), Some(out)) = (xt.concrete(), wt.concrete(), add.outputs[0].concrete()) else {
+                continue;
+            };
+            if !xt.dtype.is_float() || xs.len() < 2 || ws.len() != 2 || add.outputs[0] != mm.outputs[0] {
+                continue;
+            }
+            let (k, n) = if transpose_b { (ws[1], ws[0]) } else { (ws[0], ws[1]) };
+            let bs = bias.shape();
+            let row_vector = bs.last() == Some(&n) && bs[..bs.len() - 1].iter().all(|&d| d == 1);
+            if !row_vector || bs.len() > out.len() || xs[xs.len() - 1] != k || bias.dtype() != xt.dtype {
+                continue;
+            }
+            let rows: usize = xs[..xs.len() - 1].iter().product();
+            return Some(Match {
+                interior: vec![y.node],
+                inputs: vec![x, w],
+                emit: Box::new(move |g, ins| {
+                    let x2 = if xs.len() == 2 {
+                        ins[0]
+                    } else {
+                        g.reshape(ins[0], &[rows as i64, k as i64])?
+                    };
+                    let c = g.constant(bias.reshape(&[n])?);
+                    let gemm = Op::Gemm {
+                        alpha: 1.0,
+                        beta: 1.0,
+                        transpose_a: false,
+                        transpose_b,
+                    };
+                    let y = g.add_op(gemm, &[x2, ins[1], c])?;
+                    if out.len() == 2 {
+                        return Ok(vec![y]);
+                    }
+                    let shape: Vec<i64> = out.iter().map(|&d| d as i64).collect();
+                    Ok(vec![g.reshape(y, &shape)?])
+                }),
+            });
+        }
+        None
+    }
+}
+
 // ------------------------------------------------ primitives → softmax
 
 /// The rule folding softmax's decomposition back into [`Op::Softmax`]; see the module docs.
@@ -1033,5 +1132,37 @@ mod tests {
         assert_eq!(n, 0);
         assert_eq!(kinds(&out), ["placeholder", "exp"]);
         assert_eq!(outs, [y]);
+    }
+
+    #[test]
+    fn linear_bias_becomes_gemm_only_for_constant_weights_and_bias_rows() {
+        let build = |bias_shape: &[usize], bias_const: bool, weight_const: bool, extra_use: bool| {
+            let mut g = Graph::new();
+            let x = g.placeholder("x", DType::F32, [2, 3, 4]);
+            let w = if weight_const {
+                g.constant(Tensor::from_vec((0..20).map(|i| i as f32 * 0.1).collect::<Vec<_>>(), &[4, 5]).unwrap())
+            } else {
+                g.placeholder("w", DType::F32, [4, 5])
+            };
+            let n: usize = bias_shape.iter().product();
+            let b = if bias_const {
+                g.constant(Tensor::from_vec(vec![0.5f32; n], bias_shape).unwrap())
+            } else {
+                g.placeholder("b", DType::F32, bias_shape.to_vec())
+            };
+            let y = g.matmul(x, w).unwrap();
+            let z = g.add(b, y).unwrap();
+            let outs = if extra_use { vec![z, y] } else { vec![z] };
+            let (out, outs2, n) = rewrite(&g, &outs, &[&linear_bias_to_gemm()]).unwrap();
+            assert_eq!(out.ty(outs2[0]), g.ty(z));
+            (n, count(&out, "gemm"), count(&out, "matmul"))
+        };
+        assert_eq!(build(&[5], true, true, false), (1, 1, 0));
+        assert_eq!(build(&[1, 1, 5], true, true, false), (1, 1, 0));
+        // Not a linear layer's bias, or not constant, or the product used elsewhere.
+        assert_eq!(build(&[3, 5], true, true, false), (0, 0, 1));
+        assert_eq!(build(&[5], false, true, false), (0, 0, 1));
+        assert_eq!(build(&[5], true, false, false), (0, 0, 1));
+        assert_eq!(build(&[5], true, true, true), (0, 0, 1));
     }
 }

@@ -460,6 +460,8 @@ pub struct PackedWeight {
     /// The operand's shape as the node sees it (before `transpose_b`).
     shape: Dims,
     transpose_b: bool,
+    /// A gemm's constant bias row (`c` of `a @ b + c`), added in the epilogue.
+    bias: Option<Vec<f32>>,
 }
 
 /// Packs `b`, the right operand of `matmul(a, b, transpose_a, transpose_b)`,
@@ -494,7 +496,79 @@ pub fn prepare_matmul_weight(b: &Tensor, transpose_b: bool) -> Option<PackedWeig
         packed,
         shape: Dims::from_slice(b.shape()),
         transpose_b,
+        bias: None,
     })
+}
+
+/// Packs the constant `b` (and bias row `c`) of `gemm(a, b, c)` with
+/// `alpha = beta = 1` and no `transpose_a`; `None` when the node does not
+/// qualify (the plain kernel runs).
+pub fn prepare_gemm_weight(
+    b: &Tensor,
+    c: Option<&Tensor>,
+    alpha: f64,
+    beta: f64,
+    transpose_a: bool,
+    transpose_b: bool,
+) -> Option<PackedWeight> {
+    if alpha != 1.0 || transpose_a {
+        return None;
+    }
+    let mut w = prepare_matmul_weight(b, transpose_b)?;
+    if let Some(c) = c {
+        let n = w.packed.n();
+        let row = c.shape().last() == Some(&n) && c.rank() <= 2 && c.numel() == n;
+        if beta != 1.0 || c.dtype() != DType::F32 || !row {
+            return None;
+        }
+        w.bias = Some(c.to_vec::<f32>().ok()?);
+    }
+    Some(w)
+}
+
+/// `gemm(a, b, c)` with `b` and `c` packed by [`prepare_gemm_weight`] (`b` is
+/// the same constant, passed to check that it still matches): one product with
+/// the bias added in its epilogue.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_prepacked(
+    a: &Tensor,
+    b: &Tensor,
+    c: Option<&Tensor>,
+    w: &PackedWeight,
+    (alpha, beta): (f64, f64),
+    transpose_a: bool,
+    transpose_b: bool,
+    out: &TensorType,
+) -> Result<Tensor> {
+    let same = a.dtype() == DType::F32
+        && a.rank() == 2
+        && !transpose_a
+        && b.shape() == w.shape.as_slice()
+        && transpose_b == w.transpose_b
+        && c.is_some() == w.bias.is_some()
+        && a.strides().iter().all(|&s| s >= 0);
+    let out_dims = dims(out)?;
+    let (k, n) = (w.packed.k(), w.packed.n());
+    let (m, ka) = if same { (a.shape()[0], a.shape()[1]) } else { (0, 0) };
+    if !same || ka != k || out_dims.as_slice() != [m, n] {
+        // Not what was packed: the plain kernel checks and runs it.
+        return gemm(a, b, c, alpha, beta, transpose_a, transpose_b, out);
+    }
+    let mut t = Tensor::empty(DType::F32, &out_dims);
+    if m == 0 {
+        return Ok(t);
+    }
+    let dst = t.buffer_mut().as_slice_mut::<f32>();
+    let data = a.buffer().as_slice::<f32>();
+    let mat = super::sgemm::Mat {
+        // SAFETY (of the later reads): the offset is of an element of `a`.
+        ptr: data[a.offset()..].as_ptr(),
+        rs: a.strides()[0],
+        cs: a.strides()[1],
+    };
+    // SAFETY: `a` is a validated m×k view with non-negative strides.
+    unsafe { super::sgemm::sgemm_packed(m, mat, &w.packed, dst, w.bias.as_deref(), true) };
+    Ok(t)
 }
 
 /// `matmul(a, b)` with `b` packed beforehand by [`prepare_matmul_weight`]
