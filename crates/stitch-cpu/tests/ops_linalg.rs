@@ -511,7 +511,8 @@ fn linear_layer_with_bias_becomes_one_prepacked_gemm_and_matches_reference() {
     use stitch_core::{CompileOptions, Executable, Graph};
     let mut r = rng(78);
     // (activation shape, weight shape as stored, transpose_b, bias shape, bias first)
-    let cases: &[(&[usize], &[usize], bool, &[usize], bool)] = &[
+    type Case<'a> = (&'a [usize], &'a [usize], bool, &'a [usize], bool);
+    let cases: &[Case] = &[
         (&[2, 13, 40], &[40, 33], false, &[33], false),
         (&[29, 70], &[45, 70], true, &[1, 45], true),
         (&[1, 3, 5, 64], &[64, 100], false, &[1, 1, 100], false),
