@@ -176,7 +176,8 @@ fn quantize_activations() -> bool {
 /// Few-row product: each task takes a range of weight rows (output columns).
 fn gemv(x: &[f32], w: &[u8], format: QuantFormat, m: usize, n: usize, k: usize, dst: &mut [f32]) {
     if quantize_activations() && int8::supports(format) {
-        return int8::gemv(int8::Isa::detect(), x, w, format, m, n, k, dst);
+        let two_term = n * (k / format.block_elems()) * format.block_bytes() >= int8::TWO_TERM_MIN_BYTES;
+        return int8::gemv(int8::Isa::detect(), x, w, format, m, n, k, two_term, dst);
     }
     gemv_f32(x, w, format, m, n, k, dst)
 }

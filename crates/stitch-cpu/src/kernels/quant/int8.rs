@@ -19,6 +19,16 @@
 //!   with AVX-512 mask registers for the 5th bits; Q6_K uses 512-bit `maddubs`
 //!   and `madd` by its 16-element scales.
 //!
+//! Two-term activations for products that stream their weight from memory:
+//! when the packed weight is at least [`TWO_TERM_MIN_BYTES`] (an LLM's output
+//! head over the vocabulary, not the layers' projections), each 16-element
+//! group is quantized twice, `x ≈ d₁·q₁ + d₂·q₂` with `q₂` the codes of the
+//! residual `x − d₁·q₁` (its own scale, about 1/254 of `d₁`), and each weight
+//! row is dotted with both rows. The second dot reads the weight row from L1,
+//! so a memory-bound product costs about the same, and the activation error
+//! drops by two orders of magnitude: the output head's 8-bit rounding was
+//! 1.1e-2 of the largest first-step logit of the default model.
+//!
 //! Nothing here allocates: the caller owns the scratch.
 
 use rayon::prelude::*;
@@ -82,6 +92,24 @@ pub(super) struct QRow<'a> {
     pub ds: &'a [f32],
 }
 
+/// Packed weights from this many bytes on get two-term activations (see the
+/// module docs).
+pub(super) const TWO_TERM_MIN_BYTES: usize = 8 << 20;
+
+/// Quantizes one group of 16: codes into `qb`, returns `(d, d·Σq)`.
+#[inline(always)]
+fn quantize16(xb: &[f32], qb: &mut [i8]) -> (f32, f32) {
+    let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let scale = amax / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let mut sum = 0i32;
+    for (o, &v) in qb.iter_mut().zip(xb) {
+        *o = (v * inv).round() as i8;
+        sum += *o as i32;
+    }
+    (scale, scale * sum as f32)
+}
+
 /// Quantizes `x` (a multiple of 16 long) into `q`, `d`, `ds`.
 pub(super) fn quantize(x: &[f32], q: &mut [i8], d: &mut [f32], ds: &mut [f32]) {
     for ((xb, qb), (db, dsb)) in x
@@ -89,16 +117,23 @@ pub(super) fn quantize(x: &[f32], q: &mut [i8], d: &mut [f32], ds: &mut [f32]) {
         .zip(q.chunks_exact_mut(16))
         .zip(d.iter_mut().zip(ds.iter_mut()))
     {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let scale = amax / 127.0;
-        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        let mut sum = 0i32;
-        for (o, &v) in qb.iter_mut().zip(xb) {
-            *o = (v * inv).round() as i8;
-            sum += *o as i32;
+        (*db, *dsb) = quantize16(xb, qb);
+    }
+}
+
+/// Quantizes the residual `x − d·q` of [`quantize`]'s result into `q2`, `d2`, `ds2`.
+pub(super) fn quantize_residual(x: &[f32], q: &[i8], d: &[f32], q2: &mut [i8], d2: &mut [f32], ds2: &mut [f32]) {
+    let mut r = [0f32; 16];
+    for (((xb, qb), &db), ((q2b, d2b), ds2b)) in x
+        .chunks_exact(16)
+        .zip(q.chunks_exact(16))
+        .zip(d)
+        .zip(q2.chunks_exact_mut(16).zip(d2.iter_mut()).zip(ds2.iter_mut()))
+    {
+        for ((o, &xv), &qv) in r.iter_mut().zip(xb).zip(qb) {
+            *o = xv - db * qv as f32;
         }
-        *db = scale;
-        *dsb = scale * sum as f32;
+        (*d2b, *ds2b) = quantize16(&r, q2b);
     }
 }
 
@@ -107,24 +142,49 @@ pub(super) fn supports(format: QuantFormat) -> bool {
     QuantFormat::ALL.contains(&format)
 }
 
-/// `x [m, k] @ dequantize(w)ᵀ → dst [m, n]` with `x` quantized to 8 bits.
+/// `x [m, k] @ dequantize(w)ᵀ → dst [m, n]` with `x` quantized to 8 bits, in
+/// two terms when `two_term` (see the module docs).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemv(isa: Isa, x: &[f32], w: &[u8], format: QuantFormat, m: usize, n: usize, k: usize, dst: &mut [f32]) {
+pub(super) fn gemv(
+    isa: Isa,
+    x: &[f32],
+    w: &[u8],
+    format: QuantFormat,
+    m: usize,
+    n: usize,
+    k: usize,
+    two_term: bool,
+    dst: &mut [f32],
+) {
     let nb16 = k / 16;
     let nb = k / format.block_elems();
     let rb = nb * format.block_bytes();
-    // Scratch layout (f32 words): q bytes (m·k/4), d (m·nb16), ds (m·nb16).
+    // Scratch layout (f32 words) per term: q bytes (m·k/4), d (m·nb16), ds (m·nb16).
     let qwords = m * k / 4;
-    f32::with_scratch(qwords + 2 * m * nb16, |scratch| {
-        let (qw, rest) = scratch.split_at_mut(qwords);
+    let term = qwords + 2 * m * nb16;
+    f32::with_scratch(if two_term { 2 * term } else { term }, |scratch| {
+        let (first, second) = scratch.split_at_mut(term);
+        let (qw, rest) = first.split_at_mut(qwords);
         let (d, ds) = rest.split_at_mut(m * nb16);
         let q: &mut [i8] = bytemuck::cast_slice_mut(qw);
         quantize(x, q, d, ds);
         let (q, d, ds): (&[i8], &[f32], &[f32]) = (q, d, ds);
+        let (qw2, rest2) = second.split_at_mut(if two_term { qwords } else { 0 });
+        let (d2, ds2) = rest2.split_at_mut(if two_term { m * nb16 } else { 0 });
+        let q2: &mut [i8] = bytemuck::cast_slice_mut(qw2);
+        if two_term {
+            quantize_residual(x, q, d, q2, d2, ds2);
+        }
+        let (q2, d2, ds2): (&[i8], &[f32], &[f32]) = (q2, d2, ds2);
         let row = |mi: usize| QRow {
             q: &q[mi * k..(mi + 1) * k],
             d: &d[mi * nb16..(mi + 1) * nb16],
             ds: &ds[mi * nb16..(mi + 1) * nb16],
+        };
+        let row2 = |mi: usize| QRow {
+            q: &q2[mi * k..(mi + 1) * k],
+            d: &d2[mi * nb16..(mi + 1) * nb16],
+            ds: &ds2[mi * nb16..(mi + 1) * nb16],
         };
         let out = OutPtr(dst.as_mut_ptr());
         let rows_per_task = (16384 / rb.max(1)).clamp(1, 256);
@@ -133,7 +193,10 @@ pub(super) fn gemv(isa: Isa, x: &[f32], w: &[u8], format: QuantFormat, m: usize,
             for r in r0..r1 {
                 let wr = &w[r * rb..(r + 1) * rb];
                 for mi in 0..m {
-                    let acc = dot(isa, format, wr, &row(mi), nb);
+                    let mut acc = dot(isa, format, wr, &row(mi), nb);
+                    if two_term {
+                        acc += dot(isa, format, wr, &row2(mi), nb);
+                    }
                     // SAFETY: (mi, r) is inside dst (m×n); only this task writes column r.
                     unsafe { *out.get().add(mi * n + r) = acc };
                 }
@@ -934,6 +997,53 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Two-term activations: the residual's codes stay within half of its step,
+    /// and the product's error against exact f32 activations shrinks by far
+    /// more than 30x for every format and kernel set.
+    #[test]
+    fn two_term_activations_cut_the_product_error() {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(14);
+        let (m, n, k) = (2, 7, 512);
+        for format in QuantFormat::ALL {
+            let (be, bb) = (format.block_elems(), format.block_bytes());
+            let w = random_blocks(format, n * k / be, &mut r);
+            let x: Vec<f32> = (0..m * k).map(|_| r.gen_range(-2.0..2.0)).collect();
+            let mut wf = vec![0f32; n * k];
+            for (o, blk) in wf.chunks_exact_mut(be).zip(w.chunks_exact(bb)) {
+                dequantize_block(format, blk, o);
+            }
+            let want: Vec<f64> = (0..m * n)
+                .map(|i| {
+                    let (mi, ni) = (i / n, i % n);
+                    (0..k).map(|j| x[mi * k + j] as f64 * wf[ni * k + j] as f64).sum()
+                })
+                .collect();
+            let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+            for isa in Isa::available() {
+                let err = |two_term: bool| {
+                    let mut got = vec![0f32; m * n];
+                    gemv(isa, &x, &w, format, m, n, k, two_term, &mut got);
+                    got.iter().zip(&want).fold(0f64, |a, (&g, &e)| a.max((g as f64 - e).abs()))
+                };
+                let (one, two) = (err(false), err(true));
+                assert!(
+                    two * 30.0 < one && two < 1e-4 * scale,
+                    "{isa:?} {format}: one term {one:.3e}, two terms {two:.3e} (max |y| {scale:.3})"
+                );
+            }
+        }
+        // The residual's own quantization.
+        let x: Vec<f32> = (0..64).map(|_| r.gen_range(-3.0..3.0)).collect();
+        let a = Acts::new(&x);
+        let (mut q2, mut d2, mut ds2) = (vec![0i8; 64], vec![0f32; 4], vec![0f32; 4]);
+        quantize_residual(&x, &a.q, &a.d, &mut q2, &mut d2, &mut ds2);
+        for (i, &v) in x.iter().enumerate() {
+            let (g, approx) = (i / 16, a.d[i / 16] * a.q[i] as f32 + d2[i / 16] * q2[i] as f32);
+            assert!(d2[g] <= a.d[g] / 200.0, "group {g}: residual step {} vs {}", d2[g], a.d[g]);
+            assert!((v - approx).abs() <= 0.5001 * d2[g] + 1e-7, "element {i}");
         }
     }
 
