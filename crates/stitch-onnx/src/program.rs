@@ -169,7 +169,8 @@ fn bytes_of(t: &Tensor) -> Vec<u8> {
 }
 
 impl Segment {
-    fn run(&self, rt: &Runtime, scope: &Scope) -> Result<Vec<Tensor>> {
+    /// What the segment reads from `scope`, and the compile-cache key of that.
+    fn gather<'s>(&'s self, scope: &'s Scope) -> Result<(Vec<SegmentInput<'s>>, Vec<InputKey>)> {
         let mut inputs = Vec::with_capacity(self.inputs.len());
         let mut key = Vec::with_capacity(self.inputs.len());
         for (name, &by_value) in self.inputs.iter().zip(&self.by_value) {
@@ -186,6 +187,11 @@ impl Segment {
             ));
             inputs.push(SegmentInput { name, value: t, bind });
         }
+        Ok((inputs, key))
+    }
+
+    fn run(&self, rt: &Runtime, scope: &Scope) -> Result<Vec<Tensor>> {
+        let (mut inputs, key) = self.gather(scope)?;
         let cached = self
             .cache
             .lock()
@@ -446,6 +452,44 @@ impl Program {
                     .lookup(o.name())
                     .map(|(t, _)| t.clone())
                     .ok_or_else(|| OnnxError::Parse(format!("graph output '{}' is not produced", o.name())))
+            })
+            .collect()
+    }
+
+    /// The dtype and dims of each output the program would give on `inputs`,
+    /// found by importing (not running) it; `None` when that needs running
+    /// (control flow inside) or fails.
+    fn output_types(&self, rt: &Runtime, parent: &Scope, inputs: Vec<Tensor>) -> Option<Vec<(DType, Vec<usize>)>> {
+        let scope = Scope {
+            values: self.inputs.iter().cloned().zip(inputs).collect(),
+            constants: &self.constants,
+            parent: Some(parent),
+        };
+        let segment = match self.steps.as_slice() {
+            [] => None,
+            [Step::Segment(s)] => Some(s),
+            _ => return None,
+        };
+        let imported = match segment {
+            Some(s) => {
+                let (inputs, _) = s.gather(&scope).ok()?;
+                Some((
+                    s,
+                    import_segment(&s.nodes, &inputs, &s.outputs, rt.opset, rt.base_dir).ok()?,
+                ))
+            }
+            None => None,
+        };
+        self.outputs
+            .iter()
+            .map(|o| {
+                if let Some((s, sg)) = &imported {
+                    if let Some(k) = s.outputs.iter().position(|n| n == o.name()) {
+                        let ty = sg.graph.ty(sg.outputs[k]);
+                        return Some((ty.dtype, ty.concrete()?));
+                    }
+                }
+                scope.lookup(o.name()).map(|(t, _)| (t.dtype(), t.shape().to_vec()))
             })
             .collect()
     }
@@ -739,10 +783,18 @@ impl ControlNode {
             }
             iteration += 1;
         }
+        let inferred = if iteration == 0 && scan_n > 0 {
+            let mut first = vec![Tensor::scalar(0i64), Tensor::scalar(stitch_core::Bool8(u8::from(cond)))];
+            first.extend(carried.iter().cloned());
+            body.output_types(rt, scope, first)
+        } else {
+            None
+        };
         let mut out = carried;
         for (k, parts) in scans.into_iter().enumerate() {
             let declared = &body.outputs[1 + carried_n + k];
-            out.push(self.stack(parts, declared)?);
+            let ty = inferred.as_ref().and_then(|t| t.get(1 + carried_n + k));
+            out.push(self.stack(parts, declared, ty)?);
         }
         out.truncate(self.node.output.len());
         Ok(out)
@@ -857,7 +909,7 @@ impl ControlNode {
             if a.output_directions[j] != 0 {
                 parts.reverse();
             }
-            let stacked = self.stack(parts, &body.outputs[states_n + j])?;
+            let stacked = self.stack(parts, &body.outputs[states_n + j], None)?;
             let rank = stacked.rank();
             let ax = stitch_core::shape::normalize_axis(a.output_axes[j], rank).ok_or_else(|| {
                 self.err(format!(
@@ -876,9 +928,20 @@ impl ControlNode {
         Ok(out)
     }
 
-    /// Stacks per-iteration outputs along a new axis 0; with no iterations,
-    /// an empty tensor of the declared element type and shape.
-    fn stack(&self, parts: Vec<Tensor>, declared: &onnx::ValueInfoProto) -> Result<Tensor> {
+    /// Stacks per-iteration outputs along a new axis 0. With no iterations, an
+    /// empty tensor of the type the body would give (`inferred`, from
+    /// importing it on the first iteration's inputs), else of its declared type.
+    fn stack(
+        &self,
+        parts: Vec<Tensor>,
+        declared: &onnx::ValueInfoProto,
+        inferred: Option<&(DType, Vec<usize>)>,
+    ) -> Result<Tensor> {
+        if let (true, Some((dtype, dims))) = (parts.is_empty(), inferred) {
+            let mut shape = vec![0usize];
+            shape.extend_from_slice(dims);
+            return Ok(Tensor::zeros(*dtype, &shape));
+        }
         if parts.is_empty() {
             let Some(type_proto::Value::TensorType(tt)) = declared.r#type.as_ref().and_then(|t| t.value.as_ref())
             else {

@@ -173,7 +173,7 @@ fn trip_count_loop() -> ModelProto {
         vec![
             vi("cond_out", BOOL, &[]),
             vi_any("acc_out", F32),
-            vi("acc_scan", F32, &[4]),
+            vi_any("acc_scan", F32),
         ],
         vec![],
     );
