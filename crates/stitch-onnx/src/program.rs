@@ -295,6 +295,12 @@ enum Step {
     Control(Box<ControlNode>),
 }
 
+/// A straight-line run of nodes (with their indices), or one control node.
+enum Piece<'g> {
+    Run(Vec<(usize, &'g onnx::NodeProto)>),
+    Control(usize, &'g onnx::NodeProto),
+}
+
 /// One ONNX graph (the model's, or a branch or body) as segments and control nodes.
 pub(crate) struct Program {
     /// Graph input names (a body's are bound by position).
@@ -358,14 +364,14 @@ impl Program {
         let mut consts = outer_consts.clone();
         consts.extend(constants.keys().cloned());
         // Straight-line runs and control nodes, in order.
-        let mut pieces: Vec<std::result::Result<Vec<(usize, &onnx::NodeProto)>, (usize, &onnx::NodeProto)>> = vec![];
+        let mut pieces: Vec<Piece> = vec![];
         for (idx, n) in g.node.iter().enumerate() {
             if is_runtime_control_flow(n, &consts) {
-                pieces.push(Err((idx, n)));
+                pieces.push(Piece::Control(idx, n));
             } else {
                 match pieces.last_mut() {
-                    Some(Ok(run)) => run.push((idx, n)),
-                    _ => pieces.push(Ok(vec![(idx, n)])),
+                    Some(Piece::Run(run)) => run.push((idx, n)),
+                    _ => pieces.push(Piece::Run(vec![(idx, n)])),
                 }
             }
             track_constants(n, &mut consts);
@@ -380,13 +386,13 @@ impl Program {
         }
         for piece in pieces.into_iter().rev() {
             let nodes: Vec<onnx::NodeProto> = match &piece {
-                Ok(run) => run.iter().map(|(_, n)| (*n).clone()).collect(),
-                Err((_, n)) => vec![(*n).clone()],
+                Piece::Run(run) => run.iter().map(|(_, n)| (*n).clone()).collect(),
+                Piece::Control(_, n) => vec![(*n).clone()],
             };
             let mut reads = vec![];
             free_names(&nodes, &mut HashSet::new(), &mut reads);
             let step = match piece {
-                Ok(run) => {
+                Piece::Run(run) => {
                     let mut outputs = vec![];
                     for n in &nodes {
                         for o in &n.output {
@@ -409,7 +415,9 @@ impl Program {
                         cache: Mutex::new(HashMap::new()),
                     })
                 }
-                Err((idx, n)) => Step::Control(Box::new(ControlNode::build(n, idx, &consts_seen, opset, base_dir)?)),
+                Piece::Control(idx, n) => {
+                    Step::Control(Box::new(ControlNode::build(n, idx, &consts_seen, opset, base_dir)?))
+                }
             };
             needed.extend(reads);
             steps_rev.push(step);

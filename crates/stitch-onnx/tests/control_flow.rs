@@ -563,15 +563,15 @@ fn scan_sums_rows_in_both_directions() {
     )
     .unwrap();
     let mut s: Vec<f64> = s0.iter().map(|&v| v as f64).collect();
-    let mut ys = vec![vec![0.0; 5]; 2];
+    // ys[r][step]: the running sum of row r after `step + 1` columns, read from the end.
+    let mut flat = vec![0.0; 10];
     for step in 0..5 {
         let col = 4 - step;
-        for r in 0..2 {
-            s[r] += xs[r * 5 + col] as f64;
-            ys[r][step] = s[r];
+        for (r, sum) in s.iter_mut().enumerate() {
+            *sum += xs[r * 5 + col] as f64;
+            flat[r * 5 + step] = *sum;
         }
     }
     assert_close(&out[0].1, &s, &[2]);
-    let flat: Vec<f64> = ys.concat();
     assert_close(&out[1].1, &flat, &[2, 5]);
 }
