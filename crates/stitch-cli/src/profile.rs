@@ -79,6 +79,13 @@ fn profile_onnx(args: &ProfileArgs) -> Result<Profiler, String> {
         runs: 0,
         device: args.device.clone(),
     })?;
+    if model.has_control_flow() {
+        return Err(format!(
+            "{}: the model has run-time control flow (If/Loop/Scan), which the profiler cannot time yet; \
+             time it with `stitch run --runs N`",
+            args.model.display()
+        ));
+    }
     let outs: Vec<_> = model.outputs.iter().map(|(_, v)| *v).collect();
     let exe =
         Executable::compile_placed(&model.graph, &outs, backends, Default::default()).map_err(|e| e.to_string())?;

@@ -142,10 +142,10 @@ pub fn run(args: &RunArgs) -> Result<String, String> {
         args.device.as_str()
     };
     let backends = crate::device::backends(device)?;
-    let outs: Vec<_> = model.outputs.iter().map(|(_, v)| *v).collect();
-    let exe = stitch_core::Executable::compile_placed(&model.graph, &outs, backends, Default::default())
-        .map_err(|e| e.to_string())?;
-    let outs = model.run_cpu(&exe, &given).map_err(|e| e.to_string())?;
+    // One executable, or for run-time control flow (If/Loop/Scan) a program
+    // whose segments compile for the same backends.
+    let compiled = model.compile(backends).map_err(|e| e.to_string())?;
+    let outs = model.run(&compiled, &given).map_err(|e| e.to_string())?;
     let mut s = String::new();
     for (name, t) in &outs {
         let _ = writeln!(s, "{name}: {} {:?} {}", t.dtype(), t.shape(), preview(t));
@@ -154,7 +154,7 @@ pub fn run(args: &RunArgs) -> Result<String, String> {
         let mut times: Vec<Duration> = Vec::with_capacity(args.runs);
         for _ in 0..args.runs {
             let t0 = Instant::now();
-            model.run_cpu(&exe, &given).map_err(|e| e.to_string())?;
+            model.run(&compiled, &given).map_err(|e| e.to_string())?;
             times.push(t0.elapsed());
         }
         times.sort();

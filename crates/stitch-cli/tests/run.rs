@@ -85,3 +85,57 @@ fn info_describes_the_model() {
         assert!(text.contains(want), "missing {want}:\n{text}");
     }
 }
+
+#[test]
+fn run_executes_a_loop_with_a_run_time_trip_count() {
+    let Some(attention) = attention_model() else { return };
+    let Some(root) = attention.parent().and_then(|p| p.parent()) else {
+        return;
+    };
+    let model = root.join("test_loop11").join("model.onnx");
+    let dir = std::env::temp_dir().join(format!("stitch-run-loop-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let y0 = 0.375f32;
+    stitch_core::npy::save_npy(
+        &dir.join("y.npy"),
+        &stitch_core::Tensor::from_vec(vec![y0], &[1]).unwrap(),
+    )
+    .unwrap();
+    stitch_core::npy::save_npy(
+        &dir.join("cond.npy"),
+        &stitch_core::Tensor::scalar(stitch_core::Bool8(1)),
+    )
+    .unwrap();
+    // The body adds x[iteration] (x = 1..5) to y and records y each iteration.
+    for trips in [3i64, 5] {
+        let m = dir.join(format!("m{trips}.npy"));
+        stitch_core::npy::save_npy(&m, &stitch_core::Tensor::scalar(trips)).unwrap();
+        let out = dir.join(format!("out{trips}.npz"));
+        let args = RunArgs {
+            model: model.clone(),
+            inputs: vec![
+                format!("trip_count={}", m.display()),
+                format!("cond={}", dir.join("cond.npy").display()),
+                format!("y={}", dir.join("y.npy").display()),
+            ],
+            output: Some(out.clone()),
+            ..Default::default()
+        };
+        let text = run(&args).unwrap();
+        assert!(text.contains(&format!("res_scan: f32 [{trips}, 1]")), "{text}");
+        let outs = stitch_core::npy::load_npz(&out).unwrap();
+        let scan = outs
+            .iter()
+            .find(|(n, _)| n == "res_scan")
+            .unwrap()
+            .1
+            .to_vec::<f32>()
+            .unwrap();
+        let mut y = y0;
+        for (i, got) in scan.iter().enumerate() {
+            y += (i + 1) as f32;
+            assert_eq!(*got, y, "iteration {i}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

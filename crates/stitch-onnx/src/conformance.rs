@@ -145,12 +145,11 @@ pub fn run_case_on(dir: &Path, backends: &Backends) -> Outcome {
         Ok(m) => m,
         Err(e) => return Outcome::Unsupported(e.to_string()),
     };
-    let outputs: Vec<stitch_core::Value> = model.outputs.iter().map(|(_, v)| *v).collect();
-    let exe = match stitch_core::Executable::compile_placed(&model.graph, &outputs, backends(), Default::default()) {
+    let compiled = match model.compile(backends()) {
         Ok(e) => e,
         Err(e) => return Outcome::Unsupported(e.to_string()),
     };
-    let outs = match model.run_cpu(&exe, &given) {
+    let outs = match model.run(&compiled, &given) {
         Ok(o) => o,
         Err(e @ OnnxError::Core(stitch_core::Error::Unsupported { .. })) => return Outcome::Unsupported(e.to_string()),
         Err(e) => return Outcome::Failed(format!("run failed: {e}")),

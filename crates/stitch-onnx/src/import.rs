@@ -18,6 +18,8 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Scatter",
     "Compress",
     "If",
+    "Loop",
+    "Scan",
     "Tan",
     "Sinh",
     "Cosh",
@@ -180,10 +182,46 @@ pub struct Model {
     pub inputs: Vec<(String, TensorType)>,
     /// Graph inputs that were bound to constants at import time.
     pub bound_inputs: Vec<String>,
-    /// Graph outputs by ONNX name.
+    /// Graph outputs by ONNX name. Empty (and `graph` too) when the model has
+    /// run-time control flow: see [`Model::has_control_flow`].
     pub outputs: Vec<(String, Value)>,
     /// Default-domain opset.
     pub opset: i64,
+    /// The model as a program of segments and host-run If/Loop/Scan nodes,
+    /// when it has run-time control flow.
+    control_flow: Option<Arc<crate::program::Program>>,
+    base_dir: Option<PathBuf>,
+}
+
+/// A model compiled for a list of backends: one executable, or, for a model
+/// with run-time control flow, a program whose segments compile on first use
+/// for the same backends.
+pub struct CompiledModel {
+    inner: Compiled,
+}
+
+enum Compiled {
+    Graph(Executable),
+    Program(crate::program::CompiledProgram),
+}
+
+impl std::fmt::Debug for CompiledModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Compiled::Graph(e) => f.debug_tuple("CompiledModel").field(e).finish(),
+            Compiled::Program(p) => f.debug_tuple("CompiledModel").field(&p.program).finish(),
+        }
+    }
+}
+
+impl CompiledModel {
+    /// The executable of a model without run-time control flow.
+    pub fn executable(&self) -> Option<&Executable> {
+        match &self.inner {
+            Compiled::Graph(e) => Some(e),
+            Compiled::Program(_) => None,
+        }
+    }
 }
 
 /// Maps an ONNX `TensorProto.DataType` code to a stitch dtype.
@@ -415,14 +453,59 @@ fn static_input(op: &str, i: usize) -> bool {
         "Trilu" => i == 1,
         "Range" => true,
         "Compress" => i == 1,
-        "If" => i == 0,
         "HannWindow" | "HammingWindow" | "BlackmanWindow" => i == 0,
         op if op.starts_with("Reduce") => i >= 1,
         _ => false,
     }
 }
 
+/// Names whose *values* the ops of `nodes` need at import time (Reshape
+/// targets, Slice bounds, ...), followed back through their producers.
+pub(crate) fn values_needed_statically(nodes: &[onnx::NodeProto]) -> HashSet<&str> {
+    let mut needs_value = HashSet::new();
+    for n in nodes {
+        for (i, name) in n.input.iter().enumerate() {
+            if static_input(n.op_type(), i) {
+                needs_value.insert(name.as_str());
+            }
+        }
+    }
+    // A value needed statically needs its producer's inputs too (shape
+    // arithmetic). Through Shape and Size only the input's *shape* is
+    // needed: a graph input's shape is fixed by its given value without
+    // binding it, while an intermediate's shape needs the values of its
+    // producer's shape-determining inputs and the shapes of the others.
+    let mut needs_shape: HashSet<&str> = HashSet::new();
+    for n in nodes.iter().rev() {
+        let value = n.output.iter().any(|o| needs_value.contains(o.as_str()));
+        let shape = n.output.iter().any(|o| needs_shape.contains(o.as_str()));
+        if value && !matches!(n.op_type(), "Shape" | "Size") {
+            for i in &n.input {
+                needs_value.insert(i.as_str());
+            }
+            // Control flow reads outer values inside its subgraphs.
+            for a in &n.attribute {
+                if let Some(sub) = a.g.as_ref() {
+                    collect_graph_inputs(sub, &mut needs_value);
+                }
+            }
+        } else if value || shape {
+            for (k, i) in n.input.iter().enumerate() {
+                if matches!(n.op_type(), "Shape" | "Size") || !static_input(n.op_type(), k) {
+                    needs_shape.insert(i.as_str());
+                } else {
+                    needs_value.insert(i.as_str());
+                }
+            }
+        }
+    }
+    needs_value
+}
+
 struct Ctx {
+    /// Set when a node needs run-time control flow (a Loop, a Scan, an If whose
+    /// condition is not a constant): the model must then run as a program.
+    runtime_control_flow: bool,
     g: Graph,
     env: HashMap<String, Entry>,
     opset: i64,
@@ -515,7 +598,10 @@ impl Ctx {
                 .collect::<R<_>>()
                 .map_err(err)?;
             let all_const = ins.iter().all(|e| e.as_ref().is_none_or(|e| e.k.is_some()))
-                && !matches!(n.op_type(), "Constant" | "Shape" | "Size" | "ConstantOfShape" | "If");
+                && !matches!(
+                    n.op_type(),
+                    "Constant" | "Shape" | "Size" | "ConstantOfShape" | "If" | "Loop" | "Scan"
+                );
             let outs: Vec<Entry> = if all_const && !ins.is_empty() {
                 let given: Vec<(String, Tensor)> = n
                     .input
@@ -812,7 +898,14 @@ impl Ctx {
                 self.op(Op::Gather { axis }, &[x, idx])?
             }
             "If" => {
-                let cond = self.konst(n, 0)?.ok_or("missing cond")?;
+                let cond = match self.input(n, 0)? {
+                    None => return Err("missing cond".into()),
+                    Some(Entry { k: Some(t), .. }) => t,
+                    Some(_) => {
+                        self.runtime_control_flow = true;
+                        return Err("the condition is computed at run time".into());
+                    }
+                };
                 let c = *cond.to_f64_vec().first().ok_or("empty cond")?;
                 let branch = if c != 0.0 { "then_branch" } else { "else_branch" };
                 let g =
@@ -1610,6 +1703,12 @@ impl Ctx {
                 };
                 self.reduce(x, op, axes, true)?
             }
+            "Loop" | "Scan" => {
+                self.runtime_control_flow = true;
+                return Err(format!(
+                    "internal: {ot} runs on the host as run-time control flow and cannot be part of a compiled graph"
+                ));
+            }
             other => return Err(format!("op type {other} is not supported")),
         };
         Ok(vec![out])
@@ -2213,6 +2312,7 @@ fn eval_constant(
     base_dir: Option<PathBuf>,
 ) -> R<Vec<Tensor>> {
     let mut c = Ctx {
+        runtime_control_flow: false,
         g: Graph::new(),
         env: HashMap::new(),
         opset,
@@ -2241,6 +2341,32 @@ fn eval_constant(
     .map_err(core)?;
     let mut st = exe.new_state();
     exe.run(&[], &mut st).map_err(core)
+}
+
+/// Whether `nodes` (or any subgraph of theirs) hold a Loop or a Scan.
+fn has_loop_or_scan(nodes: &[onnx::NodeProto]) -> bool {
+    nodes.iter().any(|n| {
+        matches!(n.op_type(), "Loop" | "Scan")
+            || n.attribute
+                .iter()
+                .flat_map(|a| a.g.iter().chain(&a.graphs))
+                .any(|g| has_loop_or_scan(&g.node))
+    })
+}
+
+fn unsupported_error(opset: i64, unsupported: &BTreeMap<String, Vec<String>>) -> OnnxError {
+    let list: Vec<String> = unsupported
+        .iter()
+        .map(|(op, names)| {
+            let names: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+            format!("{op} (nodes {})", names.join(", "))
+        })
+        .collect();
+    OnnxError::Unsupported(format!(
+        "the model (opset {opset}) uses {} op type(s) stitch cannot run: {}",
+        unsupported.len(),
+        list.join("; ")
+    ))
 }
 
 fn walk_ops(g: &onnx::GraphProto, out: &mut BTreeMap<String, Vec<String>>) {
@@ -2365,70 +2491,29 @@ impl Model {
         let mut unsupported = BTreeMap::new();
         walk_ops(g, &mut unsupported);
         if !unsupported.is_empty() {
-            let list: Vec<String> = unsupported
-                .iter()
-                .map(|(op, names)| {
-                    let names: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
-                    format!("{op} (nodes {})", names.join(", "))
-                })
-                .collect();
-            return Err(OnnxError::Unsupported(format!(
-                "the model (opset {opset}) uses {} op type(s) stitch cannot run: {}",
-                unsupported.len(),
-                list.join("; ")
-            )));
+            return Err(unsupported_error(opset, &unsupported));
+        }
+        let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
+        // Loop and Scan always run as a program; an If only when the importer
+        // cannot fold its condition (tried below: shape arithmetic and bound
+        // inputs may make it a constant, and then it is inlined as before).
+        if has_loop_or_scan(&g.node) {
+            return Model::import_program(g, opset, &opts);
         }
         let mut c = Ctx {
+            runtime_control_flow: false,
             g: Graph::new(),
             env: HashMap::new(),
             opset,
             base_dir: opts.base_dir.clone(),
         };
-        let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
         for t in &g.initializer {
             let tensor = tensor_from_proto(t, opts.base_dir.as_deref()).map_err(OnnxError::Parse)?;
             let v = c.g.constant(tensor.clone());
             c.g.set_name(v.node, t.name());
             c.env.insert(t.name().to_string(), Entry { v, k: Some(tensor) });
         }
-        // Graph inputs whose values ops need at import time.
-        let mut needs_value = HashSet::new();
-        for n in &g.node {
-            for (i, name) in n.input.iter().enumerate() {
-                if static_input(n.op_type(), i) {
-                    needs_value.insert(name.as_str());
-                }
-            }
-        }
-        // A value needed statically needs its producer's inputs too (shape
-        // arithmetic). Through Shape and Size only the input's *shape* is
-        // needed: a graph input's shape is fixed by its given value without
-        // binding it, while an intermediate's shape needs the values of its
-        // producer's shape-determining inputs and the shapes of the others.
-        let mut needs_shape: HashSet<&str> = HashSet::new();
-        for n in g.node.iter().rev() {
-            let value = n.output.iter().any(|o| needs_value.contains(o.as_str()));
-            let shape = n.output.iter().any(|o| needs_shape.contains(o.as_str()));
-            if value && !matches!(n.op_type(), "Shape" | "Size") {
-                for i in &n.input {
-                    needs_value.insert(i.as_str());
-                }
-                // Control flow reads outer values inside its subgraphs.
-                for a in &n.attribute {
-                    if let Some(sub) = a.g.as_ref() {
-                        collect_graph_inputs(sub, &mut needs_value);
-                    }
-                }
-            } else if value || shape {
-                for (k, i) in n.input.iter().enumerate() {
-                    if matches!(n.op_type(), "Shape" | "Size") || !static_input(n.op_type(), k) {
-                        needs_shape.insert(i.as_str());
-                    } else {
-                        needs_value.insert(i.as_str());
-                    }
-                }
-            }
-        }
+        let needs_value = values_needed_statically(&g.node);
         let mut inputs = vec![];
         let mut bound = vec![];
         for vi in &g.input {
@@ -2467,7 +2552,13 @@ impl Model {
             };
             c.env.insert(name, entry);
         }
-        c.import_nodes(&g.node)?;
+        if let Err(e) = c.import_nodes(&g.node) {
+            return if c.runtime_control_flow {
+                Model::import_program(g, opset, &opts)
+            } else {
+                Err(e)
+            };
+        }
         let mut outputs = vec![];
         for vi in &g.output {
             let e = c
@@ -2482,7 +2573,111 @@ impl Model {
             bound_inputs: bound,
             outputs,
             opset,
+            control_flow: None,
+            base_dir: opts.base_dir,
         })
+    }
+
+    /// Imports a model with run-time control flow as a program (see
+    /// `program.rs`): graph inputs keep their (given or declared) types, nothing
+    /// is bound to constants, segments import when they first run.
+    fn import_program(g: &onnx::GraphProto, opset: i64, opts: &ImportOptions) -> Result<Model> {
+        let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
+        let mut inputs = vec![];
+        for vi in &g.input {
+            if inits.contains(vi.name()) {
+                continue;
+            }
+            let declared = type_of(vi).map_err(OnnxError::Parse)?;
+            let name = vi.name().to_string();
+            let ty = match opts.input_values.get(&name) {
+                Some(t) => {
+                    if t.dtype() != declared.dtype {
+                        return Err(OnnxError::Parse(format!(
+                            "input '{name}' is declared {} but the value given is {}",
+                            declared.dtype,
+                            t.dtype()
+                        )));
+                    }
+                    TensorType::new(t.dtype(), t.graph_shape())
+                }
+                None => declared,
+            };
+            inputs.push((name, ty));
+        }
+        for vi in &g.output {
+            let produced = inits.contains(vi.name())
+                || inputs.iter().any(|(n, _)| n == vi.name())
+                || g.node.iter().any(|n| n.output.iter().any(|o| o == vi.name()));
+            if !produced {
+                return Err(OnnxError::Parse(format!(
+                    "graph output '{}' is not produced by any node",
+                    vi.name()
+                )));
+            }
+        }
+        let program = crate::program::Program::build(g, &HashSet::new(), opset, opts.base_dir.as_deref())?;
+        Ok(Model {
+            graph: Graph::new(),
+            inputs,
+            bound_inputs: vec![],
+            outputs: vec![],
+            opset,
+            control_flow: Some(Arc::new(program)),
+            base_dir: opts.base_dir.clone(),
+        })
+    }
+
+    /// True when the model has run-time control flow (If with a computed
+    /// condition, Loop, Scan): it then runs through [`Model::compile`] and
+    /// [`Model::run`], not as one graph.
+    pub fn has_control_flow(&self) -> bool {
+        self.control_flow.is_some()
+    }
+
+    /// Compiles the model for `backends` (primary first, as
+    /// [`Executable::compile_placed`] takes them). Without run-time control
+    /// flow this is exactly one `compile_placed` of [`Model::graph`]; with it,
+    /// every segment compiles for the same backends when it first runs.
+    pub fn compile(&self, backends: Vec<Arc<dyn stitch_core::Backend>>) -> Result<CompiledModel> {
+        let inner = match &self.control_flow {
+            None => {
+                let outs: Vec<Value> = self.outputs.iter().map(|(_, v)| *v).collect();
+                Compiled::Graph(Executable::compile_placed(
+                    &self.graph,
+                    &outs,
+                    backends,
+                    CompileOptions::default(),
+                )?)
+            }
+            Some(p) => {
+                if backends.is_empty() {
+                    return Err(OnnxError::Core(stitch_core::Error::invalid(
+                        "an executable needs at least one backend",
+                    )));
+                }
+                Compiled::Program(crate::program::CompiledProgram {
+                    program: p.fresh(),
+                    backends,
+                    opset: self.opset,
+                    base_dir: self.base_dir.clone(),
+                })
+            }
+        };
+        Ok(CompiledModel { inner })
+    }
+
+    /// Runs a compiled model: returns each output by name.
+    pub fn run(&self, compiled: &CompiledModel, given: &[(String, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+        match &compiled.inner {
+            Compiled::Graph(exe) => self.run_cpu(exe, given),
+            Compiled::Program(p) => {
+                let feed = self.check_inputs(given)?;
+                let outs = p.run(&feed)?;
+                let names = p.program.output_names();
+                Ok(names.into_iter().zip(outs).collect())
+            }
+        }
     }
 
     /// Compiles the model for the CPU.
@@ -2552,4 +2747,74 @@ impl Model {
         let outs = exe.run(&feed, &mut st)?;
         Ok(self.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect())
     }
+}
+
+/// One straight-line run of ONNX nodes imported with concrete inputs (see
+/// `program.rs`): the graph, the placeholders to feed and the outputs.
+pub(crate) struct SegmentGraph {
+    pub graph: Graph,
+    /// Placeholder names, each the ONNX name of the input it stands for.
+    pub feeds: Vec<String>,
+    pub outputs: Vec<Value>,
+}
+
+/// A value a segment reads from its scope.
+pub(crate) struct SegmentInput<'a> {
+    pub name: &'a str,
+    pub value: &'a Tensor,
+    /// Bind the value as a constant (an initializer, or a value an op needs
+    /// at import time); otherwise it becomes a placeholder of its concrete shape.
+    pub bind: bool,
+}
+
+/// Imports `nodes` (no run-time control flow among them) into a fresh graph
+/// whose sources are `inputs`, computing the ONNX names `outputs`.
+pub(crate) fn import_segment(
+    nodes: &[onnx::NodeProto],
+    inputs: &[SegmentInput],
+    outputs: &[String],
+    opset: i64,
+    base_dir: Option<&Path>,
+) -> Result<SegmentGraph> {
+    let mut c = Ctx {
+        runtime_control_flow: false,
+        g: Graph::new(),
+        env: HashMap::new(),
+        opset,
+        base_dir: base_dir.map(Path::to_path_buf),
+    };
+    let mut feeds = vec![];
+    for i in inputs {
+        let entry = if i.bind {
+            let v = c.g.constant(i.value.clone());
+            c.g.set_name(v.node, i.name);
+            Entry {
+                v,
+                k: Some(i.value.clone()),
+            }
+        } else {
+            feeds.push(i.name.to_string());
+            Entry {
+                v: c.g.placeholder(i.name, i.value.dtype(), i.value.graph_shape()),
+                k: None,
+            }
+        };
+        c.env.insert(i.name.to_string(), entry);
+    }
+    c.import_nodes(nodes)?;
+    let outputs = outputs
+        .iter()
+        .map(|o| {
+            c.env.get(o).map(|e| e.v).ok_or_else(|| {
+                OnnxError::Parse(format!(
+                    "value '{o}' is not produced: its node gives fewer outputs than the model reads"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SegmentGraph {
+        graph: c.g,
+        feeds,
+        outputs,
+    })
 }

@@ -11,6 +11,10 @@
 //! - ONNX ops map onto stitch ops; composites without a stitch op are decomposed
 //!   here. Nodes whose inputs are all constants are evaluated at import time, so
 //!   shape arithmetic (`Shape → Gather → Concat → Reshape`) resolves to constants.
+//! - `If` with a constant condition is inlined. `If` with a run-time condition,
+//!   `Loop` and `Scan` run on the host: such a model becomes a program of
+//!   straight-line segments, each compiled per concrete input shapes (see
+//!   `program.rs` and [`Model::compile`]).
 //! - A model with ops stitch cannot run fails before anything runs, with one
 //!   error listing every unsupported op type, its node names and the opset.
 
@@ -20,9 +24,11 @@ pub mod onnx;
 pub mod conformance;
 pub mod fetch;
 mod import;
+mod program;
 
 pub use import::{
-    declared_inputs, declared_outputs, dtype_from_onnx, tensor_from_proto, ImportOptions, Model, SUPPORTED_OPS,
+    declared_inputs, declared_outputs, dtype_from_onnx, tensor_from_proto, CompiledModel, ImportOptions, Model,
+    SUPPORTED_OPS,
 };
 
 use std::fmt;
