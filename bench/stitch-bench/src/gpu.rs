@@ -25,7 +25,9 @@ fn random(r: &mut rand_chacha::ChaCha8Rng, dt: DType, shape: &[usize]) -> Result
 }
 
 /// `gpu-attention DTYPE B H HK S T D CAUSAL ITERS`: prints one JSON line with
-/// the median and minimum milliseconds of ITERS synchronised runs.
+/// the median and minimum milliseconds of ITERS synchronised runs and the
+/// attention launches per kernel (`STITCH_CUDA_ATTENTION=auto|cudnn|own`
+/// picks the fused prefill kernel).
 pub fn attention(args: &[String]) -> Result<(), String> {
     let usage = "usage: stitch-bench gpu-attention DTYPE B H HK S T D CAUSAL(0|1) ITERS";
     if args.len() != 9 {
@@ -37,7 +39,8 @@ pub fn attention(args: &[String]) -> Result<(), String> {
         .map(|a| a.parse::<usize>().map_err(|e| format!("{a}: {e}; {usage}")))
         .collect::<Result<_, _>>()?;
     let (b, h, hk, s, t, d, causal, iters) = (n[0], n[1], n[2], n[3], n[4], n[5], n[6] != 0, n[7].max(1));
-    let backend: Arc<dyn Backend> = Arc::new(stitch_cuda::CudaBackend::new(0).map_err(|e| e.to_string())?);
+    let cuda = Arc::new(stitch_cuda::CudaBackend::new(0).map_err(|e| e.to_string())?);
+    let backend: Arc<dyn Backend> = cuda.clone();
     let mut g = Graph::new();
     let q = g.placeholder("q", dt, [b, h, s, d]);
     let k = g.placeholder("k", dt, [b, hk, t, d]);
@@ -68,10 +71,17 @@ pub fn attention(args: &[String]) -> Result<(), String> {
     times.sort_by(f64::total_cmp);
     let flops = 4.0 * (b * h * s * t * d) as f64 / if causal { 2.0 } else { 1.0 };
     let median = times[times.len() / 2];
+    let p = cuda.attention_paths();
     println!(
-        "{{\"median_ms\": {median:.4}, \"min_ms\": {:.4}, \"tflops\": {:.2}}}",
+        "{{\"median_ms\": {median:.4}, \"min_ms\": {:.4}, \"tflops\": {:.2}, \"mode\": \"{:?}\", \"launches\": {{\"flash\": {}, \"split_kv\": {}, \"per_row\": {}, \"cudnn\": {}}}, \"cudnn\": \"{}\"}}",
         times[0],
-        flops / (median * 1e-3) / 1e12
+        flops / (median * 1e-3) / 1e12,
+        cuda.attention_mode(),
+        p[0],
+        p[1],
+        p[2],
+        p[3],
+        cuda.cudnn_status().replace('"', "'")
     );
     Ok(())
 }

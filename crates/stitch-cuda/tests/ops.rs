@@ -638,6 +638,81 @@ fn attention_in_16_bit_on_tensor_cores_and_split_kv() {
     }
 }
 
+/// One sdpa of random 16-bit operands on `gpu` against the CPU.
+#[allow(clippy::too_many_arguments)]
+fn sdpa_case(
+    gpu: &Arc<CudaBackend>,
+    r: &mut ChaCha8Rng,
+    dt: DType,
+    (b, h, hk, s, t, d): (usize, usize, usize, usize, usize, usize),
+    causal: bool,
+) -> String {
+    let mut g = Graph::new();
+    let q = g.placeholder("q", dt, [b, h, s, d]);
+    let k = g.placeholder("k", dt, [b, hk, t, d]);
+    let v = g.placeholder("v", dt, [b, hk, t, d]);
+    let ins = vec![
+        ("q", random(r, dt, &[b, h, s, d], -1.0, 1.0)),
+        ("k", random(r, dt, &[b, hk, t, d], -1.0, 1.0)),
+        ("v", random(r, dt, &[b, hk, t, d], -1.0, 1.0)),
+    ];
+    let y = g.sdpa(q, k, v, None, SdpaAttrs { scale: None, causal }).unwrap();
+    let what = format!("sdpa {dt} b={b} h={h}/{hk} s={s} t={t} d={d} causal={causal}");
+    let (got, want, fb) = both_on(gpu, &g, &[y], &ins);
+    assert_eq!(fb, 0, "{what}: fell back");
+    check(&got, &want, tol(dt), &what);
+    what
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_through_cudnn() {
+    let mut r = rng(22);
+    let gpu = Arc::new(CudaBackend::new(0).expect("a CUDA GPU"));
+    gpu.set_attention_mode(stitch_cuda::AttentionMode::Cudnn);
+    let cases = [
+        (DType::F16, (2usize, 8usize, 2usize, 100usize, 100usize, 64usize), true),
+        (DType::F16, (1, 4, 4, 130, 200, 128), false),
+        (DType::BF16, (2, 6, 3, 77, 160, 128), true),
+        (DType::BF16, (1, 2, 1, 64, 64, 64), false),
+        (DType::F16, (1, 8, 8, 256, 256, 128), true),
+        (DType::BF16, (2, 4, 2, 200, 200, 64), true),
+        (DType::F16, (1, 4, 1, 96, 96, 64), false),
+        (DType::BF16, (1, 4, 4, 33, 300, 128), false),
+    ];
+    for (dt, dims, causal) in cases {
+        let before = gpu.attention_paths();
+        let what = sdpa_case(&gpu, &mut r, dt, dims, causal);
+        let after = gpu.attention_paths();
+        println!("{what}: launches {before:?} -> {after:?}");
+        assert!(
+            after[3] > before[3],
+            "{what}: cuDNN did not run ({}); launches {before:?} -> {after:?}",
+            gpu.cudnn_status()
+        );
+    }
+    println!("{}", gpu.cudnn_status());
+    // Picked per shape by timing: either fused kernel, same results.
+    gpu.set_attention_mode(stitch_cuda::AttentionMode::Auto);
+    for (dt, dims, causal) in [
+        (
+            DType::F16,
+            (2usize, 16usize, 4usize, 512usize, 512usize, 128usize),
+            true,
+        ),
+        (DType::BF16, (1, 8, 8, 300, 300, 64), false),
+    ] {
+        let before = gpu.attention_paths();
+        let what = sdpa_case(&gpu, &mut r, dt, dims, causal);
+        let after = gpu.attention_paths();
+        println!("auto {what}: launches {before:?} -> {after:?}");
+        assert!(
+            after[0] + after[3] > before[0] + before[3],
+            "{what}: no fused kernel ran"
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn attention_in_f32_split_kv_and_per_row() {
