@@ -210,6 +210,7 @@ impl Builder {
     }
 
     /// A pointwise operation `y = mode(x[, b[, t]])` computed in `prec`.
+    #[allow(clippy::too_many_arguments)]
     fn pointwise(
         &mut self,
         mode: Pw,

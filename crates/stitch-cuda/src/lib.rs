@@ -14,7 +14,11 @@
 //! * Softmax, layer/RMS norm, gather, quantized GEMV and attention are
 //!   hand-written kernels ([`kernels`]): attention runs on tensor cores for
 //!   f16/bf16 prefill (`st_flash_*`), split over the keys for few queries or
-//!   long caches (`st_decode_*`), else one block per query row.
+//!   long caches (`st_decode_*`), else one block per query row. 16-bit prefill
+//!   also runs through cuDNN's fused attention ([`cudnn`]) where cuDNN is
+//!   present and measured faster for the shape ([`AttentionMode`]).
+//! * Constant quantized weights are repacked on upload for 16-byte loads
+//!   ([`kernels::repack_quant`]).
 //!
 //! Ops it does not run fall back to the CPU backend through placement
 //! (`Executable::compile_placed(.., vec![cuda, cpu], ..)`), with counted copies.
@@ -223,6 +227,17 @@ impl std::fmt::Debug for CudaBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "CudaBackend({}, {})", self.name, self.arch)
     }
+}
+
+/// Quantized weights repacked on upload for 16-byte loads
+/// ([`kernels::repack_quant`]): quants from the start of `data`, scales and
+/// mins from `meta_at`.
+struct PackedQuant {
+    data: Tensor,
+    format: stitch_core::QuantFormat,
+    n: usize,
+    k: usize,
+    meta_at: usize,
 }
 
 /// A region, the input dtypes it was compiled for, and its kernel.
@@ -1210,6 +1225,70 @@ impl CudaBackend {
         Ok(out)
     }
 
+    /// `x @ dequantize(w)ᵀ` over weights repacked on upload: the GEMV kernel
+    /// with 16-byte weight loads for up to 7 rows, else dequantize (also with
+    /// 16-byte loads) + cuBLAS.
+    fn packed_matmul(&self, node: &Node, x: &Tensor, w: &PackedQuant) -> Result<Tensor> {
+        let (n, k) = (w.n, w.k);
+        if x.shape().last() != Some(&k) {
+            return Err(err(format!(
+                "`{}`: x {:?} does not end in the weight's {k} columns",
+                node.name,
+                x.shape()
+            )));
+        }
+        let rows = x.numel() / k.max(1);
+        let out_shape = out_shape(node, 0)?;
+        let code = kernels::quant_code(w.format) as usize;
+        let pq = elem_ptr(&w.data, &self.stream)?;
+        let pm = pq + w.meta_at as u64;
+        let (n_i, k_i) = (n as i64, k as i64);
+        let x = self.contiguous(x)?;
+        if x.dtype() != DType::F32 {
+            return Err(err(format!(
+                "`{}`: quant_matmul needs f32 x, got {}",
+                node.name,
+                x.dtype()
+            )));
+        }
+        let px = elem_ptr(&x, &self.stream)?;
+        if rows >= kernels::QUANT_GEMV_MAX_ROWS || px % 16 != 0 {
+            let wf = self.alloc(DType::F32, &[n, k])?;
+            let pw = elem_ptr(&wf, &self.stream)?;
+            let f = self.builtin(kernels::DEQUANT16_NAMES[code])?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&pq).arg(&pm).arg(&pw).arg(&n_i).arg(&k_i);
+            let cfg = LaunchConfig {
+                grid_dim: (self.grid_for(n * k / 32, 256), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: repacked weights of n × k elements; a fresh f32 [n, k] output.
+            self.check_launch("dequantize", unsafe { b.launch(cfg) }.map(|_| ()))?;
+            let x2 = x.reshape(&[rows, k])?;
+            let y = self.matmul_2d(node, &x2, &wf)?;
+            return y.reshape(&out_shape);
+        }
+        let out = self.alloc(DType::F32, &out_shape)?;
+        if rows == 0 {
+            return Ok(out);
+        }
+        let py = elem_ptr(&out, &self.stream)?;
+        let f = self.builtin(kernels::QGEMV16_NAMES[code])?;
+        let rows32 = rows as i32;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&px).arg(&pq).arg(&pm).arg(&py).arg(&rows32).arg(&n_i).arg(&k_i);
+        let cfg = LaunchConfig {
+            grid_dim: ((n * 32).div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: contiguous, 16-byte aligned f32 [rows < 8, k] x; repacked
+        // weights (16-byte aligned quants, k a multiple of 32); f32 [rows, n] y.
+        self.check_launch("quant_matmul", unsafe { b.launch(cfg) }.map(|_| ()))?;
+        Ok(out)
+    }
+
     /// `a @ bᵀ` for contiguous f32 `a [m, k]` and `b [n, k]`.
     fn matmul_2d(&self, node: &Node, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let (m, k, n) = (a.shape()[0], a.shape()[1], b.shape()[0]);
@@ -1912,6 +1991,48 @@ impl Backend for CudaBackend {
 
     fn is_host(&self) -> bool {
         false
+    }
+
+    /// Quantized matmul with a constant weight: the packed rows are repacked
+    /// for 16-byte loads ([`kernels::repack_quant`]) and uploaded once per plan.
+    fn prepare(&self, node: &Node, constants: &[Option<&Tensor>]) -> Result<Option<stitch_core::Prepared>> {
+        let Op::QuantMatMul { format } = node.op else {
+            return Ok(None);
+        };
+        let Some(Some(w)) = constants.get(1) else {
+            return Ok(None);
+        };
+        if w.dtype() != DType::U8 || w.rank() != 2 || w.device_memory().is_some() {
+            return Ok(None);
+        }
+        let (n, row_bytes) = (w.shape()[0], w.shape()[1]);
+        let k = row_bytes / format.block_bytes() * format.block_elems();
+        if format.row_bytes(k).ok() != Some(row_bytes) || k % 32 != 0 || n * k == 0 {
+            return Ok(None);
+        }
+        let host = w.contiguous();
+        let bytes = &host.buffer().as_bytes()[host.offset()..][..n * row_bytes];
+        let packed = kernels::repack_quant(format, bytes, n);
+        let len = packed.len();
+        let data = self.upload(&Tensor::from_vec(packed, &[len])?)?;
+        let lay = kernels::packed_layout(format);
+        Ok(Some(Arc::new(PackedQuant {
+            data,
+            format,
+            n,
+            k,
+            meta_at: n * (k / format.block_elems()) * lay.quant_bytes,
+        })))
+    }
+
+    fn execute_prepared(&self, node: &Node, inputs: &[Tensor], prepared: &stitch_core::Prepared) -> Result<Outputs> {
+        if let (Op::QuantMatMul { .. }, Some(p)) = (&node.op, prepared.downcast_ref::<PackedQuant>()) {
+            let y = self
+                .packed_matmul(node, &inputs[0], p)
+                .map_err(|e| Error::node(node.name.clone(), node.op.kind(), e.to_string()))?;
+            return Ok(smallvec::smallvec![y]);
+        }
+        self.execute(node, inputs)
     }
 
     fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Outputs> {

@@ -535,6 +535,19 @@ fn dequantize_and_quant_matmul_every_format() {
                 1e-5,
                 &format!("quant_matmul {format:?} rows {rows}"),
             );
+            // The same weight as an input, not a constant: not repacked, read
+            // by the GGUF-layout kernels; the results must agree bit for bit.
+            let mut g2 = Graph::new();
+            let x2 = g2.placeholder("x", DType::F32, [rows, k]);
+            let w2 = g2.placeholder("w", DType::U8, w.shape().to_vec());
+            let y2 = g2.quant_matmul(x2, w2, format).unwrap();
+            let ins2 = [ins[0].clone(), ("w", w.clone())];
+            let (got2, _, _) = both(&g2, &[y2], &ins2, CompileOptions::default());
+            assert_eq!(
+                got2[0].to_f64_vec(),
+                got[0].to_f64_vec(),
+                "quant_matmul {format:?} rows {rows}: repacked and GGUF layouts differ"
+            );
         }
     }
 }
@@ -587,6 +600,8 @@ fn tol(dtype: DType) -> f64 {
 fn attention_in_16_bit_on_tensor_cores_and_split_kv() {
     let mut r = rng(20);
     let gpu = Arc::new(CudaBackend::new(0).expect("a CUDA GPU"));
+    // stitch's own kernels (cuDNN's path has its own test below).
+    gpu.set_attention_mode(stitch_cuda::AttentionMode::Own);
     // (dtype, b, h, hk, s, t, d, causal, mask, expected path: 0 tensor cores, 1 split-KV)
     let cases = [
         (
