@@ -3,7 +3,11 @@
 Usage (on a CUDA machine with PyTorch): python3 bench/gpu_attention.py STITCH_BENCH [--iters N]
 
 For each shape it runs `stitch-bench gpu-attention` (one sdpa on stitch's CUDA
-backend over device-resident inputs; its own process) and
+backend over device-resident inputs; its own process) three times for 16-bit
+prefill shapes: with STITCH_CUDA_ATTENTION=own (stitch's st_flash_* kernel),
+=cudnn (cuDNN's fused attention through stitch's backend-API graph) and =auto
+(what stitch runs by default: the faster of the two, timed once per shape),
+and
 torch.nn.functional.scaled_dot_product_attention on device tensors of the same
 shape and dtype with each PyTorch backend that accepts it (FlashAttention-2,
 cuDNN, memory-efficient), and prints median milliseconds and stitch / peer
@@ -12,6 +16,7 @@ correctness of stitch's kernels against the CPU backend is the GPU test suite's
 job (crates/stitch-cuda/tests/ops.rs).
 """
 import json
+import os
 import subprocess
 import sys
 
@@ -21,6 +26,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 SHAPES = [
     # dtype, b, h, hk, s, t, d, causal
+    ("f16", 1, 9, 3, 128, 128, 64, 1),  # a short prompt, small model
+    ("bf16", 1, 32, 8, 512, 512, 128, 1),
     ("f16", 4, 16, 16, 1024, 1024, 64, 1),
     ("f16", 4, 16, 16, 1024, 1024, 128, 1),
     ("bf16", 4, 16, 16, 1024, 1024, 128, 0),
@@ -62,25 +69,45 @@ def torch_ms(dt, b, h, hk, s, t, d, causal, backend, iters):
     return times[len(times) // 2]
 
 
+def stitch_ms(exe, shape, iters, mode):
+    env = dict(os.environ, STITCH_CUDA_ATTENTION=mode)
+    out = subprocess.run([exe, "gpu-attention", shape[0], *map(str, (*shape[1:], iters))],
+                         capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        print(f"stitch ({mode}) failed on {shape}: {out.stderr.strip()}")
+        return None, None, None
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    ran = [k for k, v in res["launches"].items() if v > 0]
+    return res["median_ms"], "+".join(ran), res["cudnn"]
+
+
 def main():
     exe = sys.argv[1]
     iters = int(sys.argv[sys.argv.index("--iters") + 1]) if "--iters" in sys.argv else 30
     print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
-    print("| dtype | B | H/Hk | S | T | D | causal | stitch ms | " + " | ".join(f"{n} ms" for n, _ in BACKENDS) + " | stitch / best |")
-    print("|---|---|---|---|---|---|---|---|" + "---|" * len(BACKENDS) + "---|")
+    modes = ["own", "cudnn", "auto"]
+    print("| dtype | B | H/Hk | S | T | D | causal | stitch own ms | stitch cuDNN ms | stitch auto ms (ran) | "
+          + " | ".join(f"torch {n} ms" for n, _ in BACKENDS) + " | stitch auto / best torch |")
+    print("|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(BACKENDS) + "---|")
+    notes = set()
     for shape in SHAPES:
         dt, b, h, hk, s, t, d, causal = shape
-        out = subprocess.run([exe, "gpu-attention", dt, *map(str, (b, h, hk, s, t, d, causal, iters))],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"stitch failed on {shape}: {out.stderr.strip()}")
-            continue
-        ms = json.loads(out.stdout.strip().splitlines()[-1])["median_ms"]
+        prefill = dt != "f32" and s > 16 and d in (64, 128)
+        res = {m: stitch_ms(exe, shape, iters, m) for m in (modes if prefill else ["auto"])}
+        for r in res.values():
+            if r[0] is not None:
+                notes.add(r[2])
+        cell = lambda m: "–" if m not in res or res[m][0] is None else f"{res[m][0]:.3f}"
+        auto = res["auto"]
+        auto_cell = "n/a" if auto[0] is None else f"{auto[0]:.3f} ({auto[1]})"
         peers = [torch_ms(dt, b, h, hk, s, t, d, causal, be, iters) for _, be in BACKENDS]
         best = min((p for p in peers if p is not None), default=None)
         cells = " | ".join("n/a" if p is None else f"{p:.3f}" for p in peers)
-        ratio = "n/a" if best is None else f"{ms / best:.2f}x"
-        print(f"| {dt} | {b} | {h}/{hk} | {s} | {t} | {d} | {causal} | {ms:.3f} | {cells} | {ratio} |")
+        ratio = "n/a" if best is None or auto[0] is None else f"{auto[0] / best:.2f}x"
+        print(f"| {dt} | {b} | {h}/{hk} | {s} | {t} | {d} | {causal} | {cell('own')} | {cell('cudnn')} | "
+              f"{auto_cell} | {cells} | {ratio} |")
+    for n in sorted(notes):
+        print(f"stitch: {n}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@
 //!       # (see bench/llm.sh, which runs llama.cpp the same way)
 //!   stitch-bench gpu-attention DTYPE B H HK S T D CAUSAL ITERS
 //!       # one sdpa on the CUDA backend over device-resident inputs (see bench/gpu_attention.py)
+//!   stitch-bench gpu-qgemv FORMAT N K ROWS ITERS
+//!       # quantized GEMV on the CUDA backend: weights repacked for 16-byte loads vs the GGUF layout
 
 mod gpu;
 
@@ -79,6 +81,7 @@ fn real_main() -> std::result::Result<(), String> {
             chain(&dir, runs, fuse).map_err(|e| e.to_string())
         }
         Some("gpu-attention") => gpu::attention(&args[1..]),
+        Some("gpu-qgemv") => gpu::qgemv(&args[1..]),
         _ => Err(usage.to_string()),
     }
 }

@@ -69,6 +69,95 @@ pub const QGEMV_NAMES: [&str; 8] = [
     "st_qgemv_7",
 ];
 
+/// Where a block's bytes go when weights are repacked on upload
+/// ([`repack_quant`]): `(quant bytes, meta bytes)` per block, both multiples
+/// of what the kernels load at once (16 bytes for quants), and the
+/// `(source offset, destination offset, length)` segments of each.
+pub struct PackedLayout {
+    pub quant_bytes: usize,
+    pub meta_bytes: usize,
+    quant: &'static [(usize, usize, usize)],
+    meta: &'static [(usize, usize, usize)],
+}
+
+/// The repacked layout of format `f` (see [`repack_quant`]).
+pub fn packed_layout(f: stitch_core::QuantFormat) -> PackedLayout {
+    use stitch_core::QuantFormat as Q;
+    let (quant_bytes, meta_bytes, quant, meta): (usize, usize, &'static [_], &'static [_]) = match f {
+        // d | qs[32]
+        Q::Q8_0 => (32, 2, &[(2, 0, 32)], &[(0, 0, 2)]),
+        // d | qs[16]
+        Q::Q4_0 => (16, 2, &[(2, 0, 16)], &[(0, 0, 2)]),
+        // d, m | qs[16]
+        Q::Q4_1 => (16, 4, &[(4, 0, 16)], &[(0, 0, 4)]),
+        // d, qh[4] | qs[16]: meta is d, 2 bytes of padding, qh (8-byte aligned)
+        Q::Q5_0 => (16, 8, &[(6, 0, 16)], &[(0, 0, 2), (2, 4, 4)]),
+        // d, m, qh[4] | qs[16]
+        Q::Q5_1 => (16, 8, &[(8, 0, 16)], &[(0, 0, 8)]),
+        // d, dmin, scales[12] | qs[128]
+        Q::Q4_K => (128, 16, &[(16, 0, 128)], &[(0, 0, 16)]),
+        // d, dmin, scales[12] | qh[32], qs[128]
+        Q::Q5_K => (160, 16, &[(16, 0, 160)], &[(0, 0, 16)]),
+        // ql[128], qh[64], scales[16] | d
+        Q::Q6_K => (208, 2, &[(0, 0, 208)], &[(208, 0, 2)]),
+    };
+    PackedLayout {
+        quant_bytes,
+        meta_bytes,
+        quant,
+        meta,
+    }
+}
+
+/// GGUF rows `[n, row_bytes]` of format `f` repacked for 16-byte loads: all
+/// blocks' quant bytes first (block `i` of row `r` at `(r * nb + i) *
+/// quant_bytes`, so every block starts 16-byte aligned), then all blocks'
+/// scales/mins (`meta_bytes` each). Same size as the input except Q5_0
+/// (22 → 24 bytes a block). The values are untouched: kernels reading either
+/// layout give the same results bit for bit.
+pub fn repack_quant(f: stitch_core::QuantFormat, rows: &[u8], n: usize) -> Vec<u8> {
+    let lay = packed_layout(f);
+    let bb = f.block_bytes();
+    let blocks = if n == 0 { 0 } else { rows.len() / bb };
+    let meta_at = blocks * lay.quant_bytes;
+    let mut out = vec![0u8; meta_at + blocks * lay.meta_bytes];
+    for (i, blk) in rows.chunks_exact(bb).enumerate() {
+        for &(src, dst, len) in lay.quant {
+            let at = i * lay.quant_bytes + dst;
+            out[at..at + len].copy_from_slice(&blk[src..src + len]);
+        }
+        for &(src, dst, len) in lay.meta {
+            let at = meta_at + i * lay.meta_bytes + dst;
+            out[at..at + len].copy_from_slice(&blk[src..src + len]);
+        }
+    }
+    out
+}
+
+/// The GEMV kernels over repacked weights (`st_qgemv16_<code>`), by [`quant_code`].
+pub const QGEMV16_NAMES: [&str; 8] = [
+    "st_qgemv16_0",
+    "st_qgemv16_1",
+    "st_qgemv16_2",
+    "st_qgemv16_3",
+    "st_qgemv16_4",
+    "st_qgemv16_5",
+    "st_qgemv16_6",
+    "st_qgemv16_7",
+];
+
+/// The dequantize kernels over repacked weights (`st_dequant16_<code>`).
+pub const DEQUANT16_NAMES: [&str; 8] = [
+    "st_dequant16_0",
+    "st_dequant16_1",
+    "st_dequant16_2",
+    "st_dequant16_3",
+    "st_dequant16_4",
+    "st_dequant16_5",
+    "st_dequant16_6",
+    "st_dequant16_7",
+];
+
 /// Rows of `x` up to which quantized matmul runs as a GEMV kernel (more rows
 /// expand the weight and use cuBLAS).
 pub const QUANT_GEMV_MAX_ROWS: usize = 8;
@@ -205,6 +294,175 @@ ST_QGEMV(4, 32, 24)
 ST_QGEMV(5, 256, 144)
 ST_QGEMV(6, 256, 176)
 ST_QGEMV(7, 256, 210)
+
+// ---- Repacked block-quantized weights (see repack_quant()): quant bytes of
+// every block 16-byte aligned and read as uint4, scales/mins read as one
+// 2/4/8/16-byte word. Each function dequantizes one 32-element unit (`sub` is
+// the unit within a 256-element block) into wv[32] with the same arithmetic,
+// in the same order, as st_dqt.
+__device__ __forceinline__ float st_h2f(unsigned int bits) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((unsigned short)(bits & 0xffffu)));
+  return f;
+}
+// Byte i of 32 bytes held in two uint4 (i a compile-time constant after unrolling).
+__device__ __forceinline__ unsigned int st_b32(const uint4& a, const uint4& b, int i) {
+  const uint4& v = i < 16 ? a : b;
+  const int w = (i >> 2) & 3;
+  const unsigned int x = w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
+  return (x >> ((i & 3) * 8)) & 255u;
+}
+// Byte i of one uint4, i known only at run time (register selects, no local memory).
+__device__ __forceinline__ unsigned int st_brt(const uint4& v, int i) {
+  const int w = (i >> 2) & 3;
+  const unsigned int x = w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
+  return (x >> ((i & 3) * 8)) & 255u;
+}
+__device__ __forceinline__ uint4 st_ld16(const unsigned char* p) { return __ldg((const uint4*)p); }
+
+template <int FMT>
+__device__ __forceinline__ void st_unit(const unsigned char* __restrict__ qb, const unsigned char* __restrict__ mb, int sub, float* wv) {
+  constexpr int fmt = FMT;
+  if (fmt == 0) {
+    const uint4 a = st_ld16(qb), b = st_ld16(qb + 16);
+    const float d = st_h2f(*(const unsigned short*)mb);
+    #pragma unroll
+    for (int j = 0; j < 32; ++j) wv[j] = d * (float)(signed char)st_b32(a, b, j);
+  } else if (fmt <= 4) {
+    const uint4 a = st_ld16(qb);
+    float d, m = 0.f;
+    unsigned int qh = 0;
+    if (fmt == 1) {
+      d = st_h2f(*(const unsigned short*)mb);
+    } else if (fmt == 2) {
+      const unsigned int dm = *(const unsigned int*)mb;
+      d = st_h2f(dm); m = st_h2f(dm >> 16);
+    } else {
+      const uint2 dm = *(const uint2*)mb;
+      d = st_h2f(dm.x); m = st_h2f(dm.x >> 16); qh = dm.y;
+    }
+    #pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      int q = j < 16 ? (int)(st_b32(a, a, j) & 15) : (int)(st_b32(a, a, j - 16) >> 4);
+      if (fmt == 3 || fmt == 4) q |= (int)((qh >> j) & 1) << 4;
+      wv[j] = fmt == 1 ? d * (float)(q - 8) : fmt == 3 ? d * (float)(q - 16) : d * (float)q + m;
+    }
+  } else if (fmt <= 6) {
+    const uint4 meta = st_ld16(mb);
+    const float d = st_h2f(meta.x), dmin = st_h2f(meta.x >> 16);
+    // scales[i] is byte 4 + i of the meta word.
+    int sc, m;
+    if (sub < 4) {
+      sc = st_brt(meta, 4 + sub) & 63; m = st_brt(meta, 8 + sub) & 63;
+    } else {
+      sc = (st_brt(meta, 8 + sub) & 0xF) | ((st_brt(meta, sub) >> 6) << 4);
+      m = (st_brt(meta, 8 + sub) >> 4) | ((st_brt(meta, 4 + sub) >> 6) << 4);
+    }
+    const int chunk = sub >> 1, hi = sub & 1;
+    const unsigned char* qs = qb + (fmt == 6 ? 32 : 0) + chunk * 32;
+    const uint4 a = st_ld16(qs), b = st_ld16(qs + 16);
+    uint4 ha = make_uint4(0, 0, 0, 0), hb = ha;
+    if (fmt == 6) { ha = st_ld16(qb); hb = st_ld16(qb + 16); }
+    #pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      const unsigned int byte = st_b32(a, b, j);
+      int q = hi ? (int)(byte >> 4) : (int)(byte & 15);
+      if (fmt == 6) q += (int)((st_b32(ha, hb, j) >> sub) & 1) << 4;
+      wv[j] = d * (float)sc * (float)q - dmin * (float)m;
+    }
+  } else {
+    const int half = sub >> 2, quarter = sub & 3;
+    const unsigned char* ql = qb + half * 64 + ((quarter & 1) ? 32 : 0);
+    const unsigned char* qh = qb + 128 + half * 32;
+    const uint4 a = st_ld16(ql), b = st_ld16(ql + 16);
+    const uint4 ha = st_ld16(qh), hb = st_ld16(qh + 16);
+    const uint4 scv = st_ld16(qb + 192);
+    const float d = st_h2f(*(const unsigned short*)mb);
+    const int s0 = half * 8 + 2 * quarter;
+    const float sc0 = (float)(signed char)st_brt(scv, s0), sc1 = (float)(signed char)st_brt(scv, s0 + 1);
+    const int shift = 2 * quarter;
+    #pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      const unsigned int byte = st_b32(a, b, j);
+      const int lo = quarter < 2 ? (int)(byte & 15) : (int)(byte >> 4);
+      const int q = lo | ((int)((st_b32(ha, hb, j) >> shift) & 3) << 4);
+      wv[j] = d * (j < 16 ? sc0 : sc1) * (float)(q - 32);
+    }
+  }
+}
+
+// st_qgemv over repacked weights: quants wq (QB bytes a block), scales wm (MB
+// bytes a block); same work split and summation order as st_qgemv.
+template <int FMT, int BE, int QB, int MB>
+__device__ __forceinline__ void st_qgemv16(const float* __restrict__ x, const unsigned char* __restrict__ wq,
+                                           const unsigned char* __restrict__ wm, float* __restrict__ y,
+                                           int rows, long long n, long long k) {
+  const long long col = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (col >= n) return;
+  const long long nb = k / BE;
+  const unsigned char* qrow = wq + col * nb * QB;
+  const unsigned char* mrow = wm + col * nb * MB;
+  float acc[8];
+  #pragma unroll
+  for (int r = 0; r < 8; ++r) acc[r] = 0.f;
+  const long long units = k >> 5;
+  for (long long u = lane; u < units; u += 32) {
+    const long long e0 = u << 5;
+    const long long blk = e0 / BE;
+    float wv[32];
+    st_unit<FMT>(qrow + blk * QB, mrow + blk * MB, (int)((e0 % BE) >> 5), wv);
+    #pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      if (r < rows) {
+        const float4* xv = (const float4*)(x + r * k + e0);
+        float a = 0.f;
+        #pragma unroll
+        for (int q = 0; q < 8; ++q) {
+          const float4 t = xv[q];
+          a += wv[4 * q] * t.x + wv[4 * q + 1] * t.y + wv[4 * q + 2] * t.z + wv[4 * q + 3] * t.w;
+        }
+        acc[r] += a;
+      }
+    }
+  }
+  #pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    if (r < rows) {
+      float a = acc[r];
+      for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+      if (lane == 0) y[r * n + col] = a;
+    }
+  }
+}
+// out[r, :] = dequantized row r of repacked weights: a thread per 32-element
+// unit, written as eight float4.
+template <int FMT, int BE, int QB, int MB>
+__device__ __forceinline__ void st_dequant16(const unsigned char* __restrict__ wq, const unsigned char* __restrict__ wm,
+                                             float* __restrict__ out, long long n, long long k) {
+  const long long units = k >> 5, nb = k / BE, total = n * units;
+  for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (long long)gridDim.x * blockDim.x) {
+    const long long r = e / units, e0 = (e % units) << 5, blk = r * nb + e0 / BE;
+    float wv[32];
+    st_unit<FMT>(wq + blk * QB, wm + blk * MB, (int)((e0 % BE) >> 5), wv);
+    float4* o = (float4*)(out + r * k + e0);
+    #pragma unroll
+    for (int q = 0; q < 8; ++q) o[q] = make_float4(wv[4 * q], wv[4 * q + 1], wv[4 * q + 2], wv[4 * q + 3]);
+  }
+}
+#define ST_Q16(F, BE, QB, MB) \
+  extern "C" __global__ void st_qgemv16_##F(const float* x, const unsigned char* wq, const unsigned char* wm, float* y, int rows, long long n, long long k) { \
+    st_qgemv16<F, BE, QB, MB>(x, wq, wm, y, rows, n, k); } \
+  extern "C" __global__ void st_dequant16_##F(const unsigned char* wq, const unsigned char* wm, float* out, long long n, long long k) { \
+    st_dequant16<F, BE, QB, MB>(wq, wm, out, n, k); }
+ST_Q16(0, 32, 32, 2)
+ST_Q16(1, 32, 16, 2)
+ST_Q16(2, 32, 16, 4)
+ST_Q16(3, 32, 16, 8)
+ST_Q16(4, 32, 16, 8)
+ST_Q16(5, 256, 128, 16)
+ST_Q16(6, 256, 160, 16)
+ST_Q16(7, 256, 208, 2)
 
 // out[r, c] = dequantized element c of packed row r.
 extern "C" __global__ void st_dequantize(const unsigned char* __restrict__ w, float* __restrict__ out, long long rows, long long k,

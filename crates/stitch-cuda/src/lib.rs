@@ -14,13 +14,18 @@
 //! * Softmax, layer/RMS norm, gather, quantized GEMV and attention are
 //!   hand-written kernels ([`kernels`]): attention runs on tensor cores for
 //!   f16/bf16 prefill (`st_flash_*`), split over the keys for few queries or
-//!   long caches (`st_decode_*`), else one block per query row.
+//!   long caches (`st_decode_*`), else one block per query row. 16-bit prefill
+//!   also runs through cuDNN's fused attention ([`cudnn`]) where cuDNN is
+//!   present and measured faster for the shape ([`AttentionMode`]).
+//! * Constant quantized weights are repacked on upload for 16-byte loads
+//!   ([`kernels::repack_quant`]).
 //!
 //! Ops it does not run fall back to the CPU backend through placement
 //! (`Executable::compile_placed(.., vec![cuda, cpu], ..)`), with counted copies.
 
 pub mod cache;
 pub mod codegen;
+pub mod cudnn;
 pub mod kernels;
 pub mod lt;
 mod more_ops;
@@ -36,6 +41,39 @@ use stitch_core::{Backend, DType, DeviceMemory, Error, Node, Outputs, Result, Te
 
 use crate::cache::{KernelCache, KeyParts};
 use crate::codegen::{Meta, MAX_OPERANDS, MAX_RANK};
+
+/// Which fused kernel runs f16/bf16 prefill attention (no mask, head size 64
+/// or 128), from `STITCH_CUDA_ATTENTION` (`auto`, `cudnn`, `own`) or
+/// [`CudaBackend::set_attention_mode`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AttentionMode {
+    /// Per shape, the faster of cuDNN and `st_flash_*`, timed once on the
+    /// first call of that shape (`st_flash_*` where cuDNN cannot run it).
+    Auto = 0,
+    /// cuDNN's fused attention wherever it builds a plan, else `st_flash_*`.
+    Cudnn = 1,
+    /// stitch's own `st_flash_*` kernels only.
+    Own = 2,
+}
+
+impl AttentionMode {
+    fn from_env() -> AttentionMode {
+        match std::env::var("STITCH_CUDA_ATTENTION").as_deref() {
+            Ok("cudnn") => AttentionMode::Cudnn,
+            Ok("own") => AttentionMode::Own,
+            _ => AttentionMode::Auto,
+        }
+    }
+
+    fn from_u8(v: u8) -> AttentionMode {
+        match v {
+            1 => AttentionMode::Cudnn,
+            2 => AttentionMode::Own,
+            _ => AttentionMode::Auto,
+        }
+    }
+}
 
 /// The ordered backend list for a device name: `cpu`; `cuda` or `cuda:N` (the
 /// GPU first, the CPU last as the fallback for ops the GPU backend lacks).
@@ -169,8 +207,15 @@ pub struct CudaBackend {
     /// Fused-region kernels by the address of their `Region` (checked for
     /// equality on a hit), so the hot path builds no string key.
     region_fns: Mutex<HashMap<usize, RegionKernel>>,
-    /// Attention launches per kernel: tensor-core, split-KV, one block per row.
-    attn_paths: [std::sync::atomic::AtomicUsize; 3],
+    /// Attention launches per kernel: tensor-core, split-KV, one block per
+    /// row, cuDNN's fused attention.
+    attn_paths: [std::sync::atomic::AtomicUsize; 4],
+    /// Which fused prefill attention runs (`STITCH_CUDA_ATTENTION`).
+    attn_mode: std::sync::atomic::AtomicU8,
+    /// cuDNN, opened on first use: `None` until then, `Err` (why) where it cannot be used.
+    cudnn: Mutex<Option<std::result::Result<cudnn::Cudnn, String>>>,
+    /// Per attention shape in `Auto` mode: whether cuDNN was measured faster.
+    attn_choice: Mutex<HashMap<cudnn::SdpaKey, bool>>,
     cache: KernelCache,
     /// Scratch flag for gather's out-of-range check.
     flag: Mutex<CudaSlice<i32>>,
@@ -182,6 +227,17 @@ impl std::fmt::Debug for CudaBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "CudaBackend({}, {})", self.name, self.arch)
     }
+}
+
+/// Quantized weights repacked on upload for 16-byte loads
+/// ([`kernels::repack_quant`]): quants from the start of `data`, scales and
+/// mins from `meta_at`.
+struct PackedQuant {
+    data: Tensor,
+    format: stitch_core::QuantFormat,
+    n: usize,
+    k: usize,
+    meta_at: usize,
 }
 
 /// A region, the input dtypes it was compiled for, and its kernel.
@@ -324,6 +380,9 @@ impl CudaBackend {
             functions: Mutex::new(HashMap::new()),
             region_fns: Mutex::new(HashMap::new()),
             attn_paths: Default::default(),
+            attn_mode: std::sync::atomic::AtomicU8::new(AttentionMode::from_env() as u8),
+            cudnn: Mutex::new(None),
+            attn_choice: Mutex::new(HashMap::new()),
             cache: KernelCache::from_env(),
             flag: Mutex::new(flag),
             markers: Mutex::new(Vec::new()),
@@ -335,8 +394,9 @@ impl CudaBackend {
         &self.gpu_name
     }
 
-    /// Attention launches so far by kernel: `[tensor-core, split-KV, per-row]`.
-    pub fn attention_paths(&self) -> [usize; 3] {
+    /// Attention launches so far by kernel: `[tensor-core, split-KV, per-row,
+    /// cuDNN]`.
+    pub fn attention_paths(&self) -> [usize; 4] {
         self.attn_paths
             .each_ref()
             .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
@@ -344,6 +404,33 @@ impl CudaBackend {
 
     fn count_attention(&self, path: usize) {
         self.attn_paths[path].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Which fused kernel runs 16-bit prefill attention from now on.
+    pub fn set_attention_mode(&self, mode: AttentionMode) {
+        self.attn_mode.store(mode as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The fused prefill attention mode in force.
+    pub fn attention_mode(&self) -> AttentionMode {
+        AttentionMode::from_u8(self.attn_mode.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// cuDNN's state for attention: its version and the first plan error, or
+    /// why it cannot be used. Opens cuDNN if that was not tried yet.
+    pub fn cudnn_status(&self) -> String {
+        let Ok(mut g) = self.cudnn.lock() else {
+            return "poisoned".into();
+        };
+        match g.get_or_insert_with(|| cudnn::Cudnn::open(&self.stream)) {
+            Ok(c) => format!(
+                "cuDNN {} loaded; {}",
+                c.version(),
+                c.last_error()
+                    .map_or("no plan error".to_string(), |e| format!("plan error: {e}"))
+            ),
+            Err(e) => format!("cuDNN not usable: {e}"),
+        }
     }
 
     /// The device's architecture, e.g. `sm_90`.
@@ -1138,6 +1225,70 @@ impl CudaBackend {
         Ok(out)
     }
 
+    /// `x @ dequantize(w)ᵀ` over weights repacked on upload: the GEMV kernel
+    /// with 16-byte weight loads for up to 7 rows, else dequantize (also with
+    /// 16-byte loads) + cuBLAS.
+    fn packed_matmul(&self, node: &Node, x: &Tensor, w: &PackedQuant) -> Result<Tensor> {
+        let (n, k) = (w.n, w.k);
+        if x.shape().last() != Some(&k) {
+            return Err(err(format!(
+                "`{}`: x {:?} does not end in the weight's {k} columns",
+                node.name,
+                x.shape()
+            )));
+        }
+        let rows = x.numel() / k.max(1);
+        let out_shape = out_shape(node, 0)?;
+        let code = kernels::quant_code(w.format) as usize;
+        let pq = elem_ptr(&w.data, &self.stream)?;
+        let pm = pq + w.meta_at as u64;
+        let (n_i, k_i) = (n as i64, k as i64);
+        let x = self.contiguous(x)?;
+        if x.dtype() != DType::F32 {
+            return Err(err(format!(
+                "`{}`: quant_matmul needs f32 x, got {}",
+                node.name,
+                x.dtype()
+            )));
+        }
+        let px = elem_ptr(&x, &self.stream)?;
+        if rows >= kernels::QUANT_GEMV_MAX_ROWS || px % 16 != 0 {
+            let wf = self.alloc(DType::F32, &[n, k])?;
+            let pw = elem_ptr(&wf, &self.stream)?;
+            let f = self.builtin(kernels::DEQUANT16_NAMES[code])?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&pq).arg(&pm).arg(&pw).arg(&n_i).arg(&k_i);
+            let cfg = LaunchConfig {
+                grid_dim: (self.grid_for(n * k / 32, 256), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: repacked weights of n × k elements; a fresh f32 [n, k] output.
+            self.check_launch("dequantize", unsafe { b.launch(cfg) }.map(|_| ()))?;
+            let x2 = x.reshape(&[rows, k])?;
+            let y = self.matmul_2d(node, &x2, &wf)?;
+            return y.reshape(&out_shape);
+        }
+        let out = self.alloc(DType::F32, &out_shape)?;
+        if rows == 0 {
+            return Ok(out);
+        }
+        let py = elem_ptr(&out, &self.stream)?;
+        let f = self.builtin(kernels::QGEMV16_NAMES[code])?;
+        let rows32 = rows as i32;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&px).arg(&pq).arg(&pm).arg(&py).arg(&rows32).arg(&n_i).arg(&k_i);
+        let cfg = LaunchConfig {
+            grid_dim: ((n * 32).div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: contiguous, 16-byte aligned f32 [rows < 8, k] x; repacked
+        // weights (16-byte aligned quants, k a multiple of 32); f32 [rows, n] y.
+        self.check_launch("quant_matmul", unsafe { b.launch(cfg) }.map(|_| ()))?;
+        Ok(out)
+    }
+
     /// `a @ bᵀ` for contiguous f32 `a [m, k]` and `b [n, k]`.
     fn matmul_2d(&self, node: &Node, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let (m, k, n) = (a.shape()[0], a.shape()[1], b.shape()[0]);
@@ -1274,8 +1425,9 @@ impl CudaBackend {
         self.function(name, src, name)
     }
 
-    /// Tensor-core attention for f16/bf16 operands with head size 64 or 128;
-    /// `None` when the operands' layout does not allow its vector loads.
+    /// Fused attention for f16/bf16 operands with head size 64 or 128: cuDNN's
+    /// or stitch's tensor-core kernel, as [`AttentionMode`] says; `None` when
+    /// the operands' layout does not allow the kernels' vector loads.
     fn flash_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -> Result<Option<Tensor>> {
         let (b, h, s, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
         let (hk, t) = (k.shape()[1], k.shape()[2]);
@@ -1301,6 +1453,11 @@ impl CudaBackend {
         if !fits {
             return Ok(None);
         }
+        let out = self.alloc(q.dtype(), &[b, h, s, d])?;
+        if b * h * s == 0 {
+            return Ok(Some(out));
+        }
+        let po = elem_ptr(&out, &self.stream)?;
         let mut m = kernels::FlashMeta {
             b: b as i64,
             h: h as i64,
@@ -1312,32 +1469,125 @@ impl CudaBackend {
             ..Default::default()
         };
         (m.qs, m.ks, m.vs) = (strides_of(q), strides_of(&kb), strides_of(&vb));
-        let out = self.alloc(q.dtype(), &[b, h, s, d])?;
-        if b * h * s == 0 {
-            return Ok(Some(out));
+        // cuDNN takes 16-byte aligned operands; causal only where every query
+        // sees a key (rows that see none are NaN on the CPU and in st_flash).
+        let key = (self.attention_mode() != AttentionMode::Own
+            && pq % 16 == 0
+            && every(q, 8)
+            && po % 16 == 0
+            && (!causal || s <= t))
+            .then(|| cudnn::SdpaKey {
+                bf16: q.dtype() == DType::BF16,
+                b: b as i64,
+                h: h as i64,
+                hk: hk as i64,
+                s: s as i64,
+                t: t as i64,
+                d: d as i64,
+                causal,
+                qs: strides_of(q),
+                ks: strides_of(&kb),
+                vs: strides_of(&vb),
+            });
+        let ptrs = [pq, pk, pv, po];
+        let own = || self.launch_flash(&m, ptrs, q.dtype(), d);
+        if let Some(key) = key {
+            if self.use_cudnn(&key, ptrs, scale as f32, &own)? && self.run_cudnn(&key, ptrs, scale as f32)? {
+                self.count_attention(3);
+                return Ok(Some(out));
+            }
         }
-        let name = match (q.dtype(), d) {
+        own()?;
+        self.count_attention(0);
+        Ok(Some(out))
+    }
+
+    /// Launches `st_flash_*` on `ptrs` (q, k, v, out).
+    fn launch_flash(&self, m: &kernels::FlashMeta, ptrs: [u64; 4], dt: DType, d: usize) -> Result<()> {
+        let name = match (dt, d) {
             (DType::F16, 64) => "st_flash_f16_64",
             (DType::F16, _) => "st_flash_f16_128",
             (_, 64) => "st_flash_bf16_64",
             _ => "st_flash_bf16_128",
         };
         let f = self.attn_function(name)?;
-        let po = elem_ptr(&out, &self.stream)?;
         let cfg = LaunchConfig {
-            grid_dim: (s.div_ceil(kernels::FLASH_BM) as u32, (b * h) as u32, 1),
+            grid_dim: ((m.s as usize).div_ceil(kernels::FLASH_BM) as u32, (m.b * m.h) as u32, 1),
             block_dim: (kernels::FLASH_THREADS, 1, 1),
             // Two stages of K and V tiles, rows padded by 8 halves.
             shared_mem_bytes: (2 * 2 * kernels::FLASH_BN * (d + 8) * 2) as u32,
         };
         allow_shared(&f, cfg.shared_mem_bytes)?;
         let mut bld = self.stream.launch_builder(&f);
-        bld.arg(&m).arg(&pq).arg(&pk).arg(&pv).arg(&po);
+        bld.arg(m).arg(&ptrs[0]).arg(&ptrs[1]).arg(&ptrs[2]).arg(&ptrs[3]);
         // SAFETY: `m` describes the live q/k/v views (unit head stride, aligned
-        // as checked above); `out` is a fresh contiguous [B, H, S, D] tensor.
-        self.check_launch("flash attention", unsafe { bld.launch(cfg) }.map(|_| ()))?;
-        self.count_attention(0);
-        Ok(Some(out))
+        // as checked by the caller); out is a contiguous [B, H, S, D] tensor.
+        self.check_launch("flash attention", unsafe { bld.launch(cfg) }.map(|_| ()))
+    }
+
+    /// Enqueues cuDNN's attention; `false` where cuDNN cannot run `key`
+    /// (missing, no plan, or the call failed: the caller runs its own kernel).
+    fn run_cudnn(&self, key: &cudnn::SdpaKey, ptrs: [u64; 4], scale: f32) -> Result<bool> {
+        let mut g = self.cudnn.lock().map_err(|_| err("cuDNN: poisoned"))?;
+        match g.get_or_insert_with(|| cudnn::Cudnn::open(&self.stream)) {
+            Ok(c) => Ok(c.sdpa(&self.stream, key, ptrs, scale).unwrap_or(false)),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Whether attention of shape `key` goes to cuDNN: by the mode, and in
+    /// `Auto` mode by timing both kernels once per shape (on the stream, with
+    /// events, after a warm-up call of each), keeping the faster.
+    fn use_cudnn(
+        &self,
+        key: &cudnn::SdpaKey,
+        ptrs: [u64; 4],
+        scale: f32,
+        own: &dyn Fn() -> Result<()>,
+    ) -> Result<bool> {
+        let supported = {
+            let mut g = self.cudnn.lock().map_err(|_| err("cuDNN: poisoned"))?;
+            match g.get_or_insert_with(|| cudnn::Cudnn::open(&self.stream)) {
+                Ok(c) => c.supports(key),
+                Err(_) => false,
+            }
+        };
+        if !supported {
+            return Ok(false);
+        }
+        if self.attention_mode() == AttentionMode::Cudnn {
+            return Ok(true);
+        }
+        if let Some(&c) = self.attn_choice.lock().map_err(|_| err("CUDA: poisoned"))?.get(key) {
+            return Ok(c);
+        }
+        let time = |f: &dyn Fn() -> Result<bool>| -> Result<Option<f32>> {
+            if !f()? {
+                return Ok(None);
+            }
+            let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+            let ev = || self.ctx.new_event(flags).map_err(|e| err(format!("CUDA: {e}")));
+            let (a, z) = (ev()?, ev()?);
+            a.record(&self.stream).map_err(|e| err(format!("CUDA: {e}")))?;
+            for _ in 0..3 {
+                f()?;
+            }
+            z.record(&self.stream).map_err(|e| err(format!("CUDA: {e}")))?;
+            self.stream.synchronize().map_err(|e| err(format!("CUDA: {e}")))?;
+            Ok(Some(a.elapsed_ms(&z).map_err(|e| err(format!("CUDA: {e}")))?))
+        };
+        let t_own = time(&|| own().map(|_| true))?;
+        let t_dnn = time(&|| self.run_cudnn(key, ptrs, scale))?;
+        let pick = match (t_dnn, t_own) {
+            (Some(a), Some(b)) => a < b,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        self.attn_choice
+            .lock()
+            .map_err(|_| err("CUDA: poisoned"))?
+            .insert(key.clone(), pick);
+        Ok(pick)
     }
 
     /// Split-KV attention: the keys are cut into chunks so that even one query
@@ -1741,6 +1991,48 @@ impl Backend for CudaBackend {
 
     fn is_host(&self) -> bool {
         false
+    }
+
+    /// Quantized matmul with a constant weight: the packed rows are repacked
+    /// for 16-byte loads ([`kernels::repack_quant`]) and uploaded once per plan.
+    fn prepare(&self, node: &Node, constants: &[Option<&Tensor>]) -> Result<Option<stitch_core::Prepared>> {
+        let Op::QuantMatMul { format } = node.op else {
+            return Ok(None);
+        };
+        let Some(Some(w)) = constants.get(1) else {
+            return Ok(None);
+        };
+        if w.dtype() != DType::U8 || w.rank() != 2 || w.device_memory().is_some() {
+            return Ok(None);
+        }
+        let (n, row_bytes) = (w.shape()[0], w.shape()[1]);
+        let k = row_bytes / format.block_bytes() * format.block_elems();
+        if format.row_bytes(k).ok() != Some(row_bytes) || k % 32 != 0 || n * k == 0 {
+            return Ok(None);
+        }
+        let host = w.contiguous();
+        let bytes = &host.buffer().as_bytes()[host.offset()..][..n * row_bytes];
+        let packed = kernels::repack_quant(format, bytes, n);
+        let len = packed.len();
+        let data = self.upload(&Tensor::from_vec(packed, &[len])?)?;
+        let lay = kernels::packed_layout(format);
+        Ok(Some(Arc::new(PackedQuant {
+            data,
+            format,
+            n,
+            k,
+            meta_at: n * (k / format.block_elems()) * lay.quant_bytes,
+        })))
+    }
+
+    fn execute_prepared(&self, node: &Node, inputs: &[Tensor], prepared: &stitch_core::Prepared) -> Result<Outputs> {
+        if let (Op::QuantMatMul { .. }, Some(p)) = (&node.op, prepared.downcast_ref::<PackedQuant>()) {
+            let y = self
+                .packed_matmul(node, &inputs[0], p)
+                .map_err(|e| Error::node(node.name.clone(), node.op.kind(), e.to_string()))?;
+            return Ok(smallvec::smallvec![y]);
+        }
+        self.execute(node, inputs)
     }
 
     fn execute(&self, node: &Node, inputs: &[Tensor]) -> Result<Outputs> {

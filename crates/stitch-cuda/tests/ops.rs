@@ -535,6 +535,19 @@ fn dequantize_and_quant_matmul_every_format() {
                 1e-5,
                 &format!("quant_matmul {format:?} rows {rows}"),
             );
+            // The same weight as an input, not a constant: not repacked, read
+            // by the GGUF-layout kernels; the results must agree bit for bit.
+            let mut g2 = Graph::new();
+            let x2 = g2.placeholder("x", DType::F32, [rows, k]);
+            let w2 = g2.placeholder("w", DType::U8, w.shape().to_vec());
+            let y2 = g2.quant_matmul(x2, w2, format).unwrap();
+            let ins2 = [ins[0].clone(), ("w", w.clone())];
+            let (got2, _, _) = both(&g2, &[y2], &ins2, CompileOptions::default());
+            assert_eq!(
+                got2[0].to_f64_vec(),
+                got[0].to_f64_vec(),
+                "quant_matmul {format:?} rows {rows}: repacked and GGUF layouts differ"
+            );
         }
     }
 }
@@ -587,6 +600,8 @@ fn tol(dtype: DType) -> f64 {
 fn attention_in_16_bit_on_tensor_cores_and_split_kv() {
     let mut r = rng(20);
     let gpu = Arc::new(CudaBackend::new(0).expect("a CUDA GPU"));
+    // stitch's own kernels (cuDNN's path has its own test below).
+    gpu.set_attention_mode(stitch_cuda::AttentionMode::Own);
     // (dtype, b, h, hk, s, t, d, causal, mask, expected path: 0 tensor cores, 1 split-KV)
     let cases = [
         (
@@ -634,6 +649,81 @@ fn attention_in_16_bit_on_tensor_cores_and_split_kv() {
         assert!(
             after[path] > before[path],
             "{what}: expected kernel {path}, launches {before:?} -> {after:?}"
+        );
+    }
+}
+
+/// One sdpa of random 16-bit operands on `gpu` against the CPU.
+#[allow(clippy::too_many_arguments)]
+fn sdpa_case(
+    gpu: &Arc<CudaBackend>,
+    r: &mut ChaCha8Rng,
+    dt: DType,
+    (b, h, hk, s, t, d): (usize, usize, usize, usize, usize, usize),
+    causal: bool,
+) -> String {
+    let mut g = Graph::new();
+    let q = g.placeholder("q", dt, [b, h, s, d]);
+    let k = g.placeholder("k", dt, [b, hk, t, d]);
+    let v = g.placeholder("v", dt, [b, hk, t, d]);
+    let ins = vec![
+        ("q", random(r, dt, &[b, h, s, d], -1.0, 1.0)),
+        ("k", random(r, dt, &[b, hk, t, d], -1.0, 1.0)),
+        ("v", random(r, dt, &[b, hk, t, d], -1.0, 1.0)),
+    ];
+    let y = g.sdpa(q, k, v, None, SdpaAttrs { scale: None, causal }).unwrap();
+    let what = format!("sdpa {dt} b={b} h={h}/{hk} s={s} t={t} d={d} causal={causal}");
+    let (got, want, fb) = both_on(gpu, &g, &[y], &ins);
+    assert_eq!(fb, 0, "{what}: fell back");
+    check(&got, &want, tol(dt), &what);
+    what
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_through_cudnn() {
+    let mut r = rng(22);
+    let gpu = Arc::new(CudaBackend::new(0).expect("a CUDA GPU"));
+    gpu.set_attention_mode(stitch_cuda::AttentionMode::Cudnn);
+    let cases = [
+        (DType::F16, (2usize, 8usize, 2usize, 100usize, 100usize, 64usize), true),
+        (DType::F16, (1, 4, 4, 130, 200, 128), false),
+        (DType::BF16, (2, 6, 3, 77, 160, 128), true),
+        (DType::BF16, (1, 2, 1, 64, 64, 64), false),
+        (DType::F16, (1, 8, 8, 256, 256, 128), true),
+        (DType::BF16, (2, 4, 2, 200, 200, 64), true),
+        (DType::F16, (1, 4, 1, 96, 96, 64), false),
+        (DType::BF16, (1, 4, 4, 33, 300, 128), false),
+    ];
+    for (dt, dims, causal) in cases {
+        let before = gpu.attention_paths();
+        let what = sdpa_case(&gpu, &mut r, dt, dims, causal);
+        let after = gpu.attention_paths();
+        println!("{what}: launches {before:?} -> {after:?}");
+        assert!(
+            after[3] > before[3],
+            "{what}: cuDNN did not run ({}); launches {before:?} -> {after:?}",
+            gpu.cudnn_status()
+        );
+    }
+    println!("{}", gpu.cudnn_status());
+    // Picked per shape by timing: either fused kernel, same results.
+    gpu.set_attention_mode(stitch_cuda::AttentionMode::Auto);
+    for (dt, dims, causal) in [
+        (
+            DType::F16,
+            (2usize, 16usize, 4usize, 512usize, 512usize, 128usize),
+            true,
+        ),
+        (DType::BF16, (1, 8, 8, 300, 300, 64), false),
+    ] {
+        let before = gpu.attention_paths();
+        let what = sdpa_case(&gpu, &mut r, dt, dims, causal);
+        let after = gpu.attention_paths();
+        println!("auto {what}: launches {before:?} -> {after:?}");
+        assert!(
+            after[0] + after[3] > before[0] + before[3],
+            "{what}: no fused kernel ran"
         );
     }
 }
