@@ -256,7 +256,10 @@ fn first_step_logits_match_an_f64_reference() {
         set_int8(true);
         for (what, got) in [("prefill", &prefill), ("prefill + decode", &decode)] {
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-            eprintln!("{what}, 8-bit activations {int8}: max |Δ| / max |ref| = {:.3e}", err / scale);
+            eprintln!(
+                "{what}, 8-bit activations {int8}: max |Δ| / max |ref| = {:.3e}",
+                err / scale
+            );
             assert!(
                 err <= tol * scale,
                 "{what}, 8-bit activations {int8}: max |Δ| {err:.3e} > {tol:e} × {scale:.3}"

@@ -474,11 +474,10 @@ fn blocked_f32<A: Acc>(
                         row.fill(0.0);
                         continue;
                     }
-                    for x in row.iter_mut() {
-                        *x -= max;
+                    for (t, &x) in tmp.iter_mut().zip(row.iter()) {
+                        *t = x - max;
                     }
-                    super::simd_math::exp_f32(row, tmp);
-                    row.copy_from_slice(tmp);
+                    super::simd_math::exp_f32(tmp, row);
                     inv[r] = 1.0 / row.iter().sum::<f32>();
                 }
                 // SAFETY: P (rows × n), V's rows (n × dv) and the output block lie inside their tensors.

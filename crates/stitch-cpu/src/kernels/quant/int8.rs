@@ -1026,7 +1026,9 @@ mod tests {
                 let err = |two_term: bool| {
                     let mut got = vec![0f32; m * n];
                     gemv(isa, &x, &w, format, m, n, k, two_term, &mut got);
-                    got.iter().zip(&want).fold(0f64, |a, (&g, &e)| a.max((g as f64 - e).abs()))
+                    got.iter()
+                        .zip(&want)
+                        .fold(0f64, |a, (&g, &e)| a.max((g as f64 - e).abs()))
                 };
                 let (one, two) = (err(false), err(true));
                 assert!(
@@ -1042,7 +1044,12 @@ mod tests {
         quantize_residual(&x, &a.q, &a.d, &mut q2, &mut d2, &mut ds2);
         for (i, &v) in x.iter().enumerate() {
             let (g, approx) = (i / 16, a.d[i / 16] * a.q[i] as f32 + d2[i / 16] * q2[i] as f32);
-            assert!(d2[g] <= a.d[g] / 200.0, "group {g}: residual step {} vs {}", d2[g], a.d[g]);
+            assert!(
+                d2[g] <= a.d[g] / 200.0,
+                "group {g}: residual step {} vs {}",
+                d2[g],
+                a.d[g]
+            );
             assert!((v - approx).abs() <= 0.5001 * d2[g] + 1e-7, "element {i}");
         }
     }
