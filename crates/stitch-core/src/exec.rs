@@ -386,8 +386,10 @@ pub struct Plan {
     value_base: Vec<usize>,
     /// How many times each value (flat index) is consumed by steps and outputs.
     uses: Vec<u32>,
-    /// Node index of each placeholder, in the source graph's placeholder order.
-    placeholder_nodes: Vec<usize>,
+    /// Each placeholder left in the plan's graph: (node index, index of its
+    /// input among the executable's placeholder names). Matched by name, as
+    /// passes may drop placeholders nothing reads.
+    placeholder_nodes: Vec<(usize, usize)>,
     /// Buffers recycled across runs of this plan.
     pool: BufferPool,
     /// Per-run bookkeeping reused across runs (one per concurrent run).
@@ -612,13 +614,17 @@ impl Executable {
         for v in &outputs {
             uses[value_base[v.node.0 as usize] + v.output as usize] += 1;
         }
-        let placeholder_nodes: Vec<usize> = graph
-            .nodes()
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| matches!(n.op, Op::Placeholder { .. }))
-            .map(|(i, _)| i)
-            .collect();
+        let mut placeholder_nodes = Vec::new();
+        for (i, n) in graph.nodes().iter().enumerate() {
+            if let Op::Placeholder { name } = &n.op {
+                let k = self
+                    .placeholder_names
+                    .iter()
+                    .position(|p| p == name)
+                    .ok_or_else(|| Error::invalid(format!("internal: placeholder `{name}` is not an input")))?;
+                placeholder_nodes.push((i, k));
+            }
+        }
         // Constant-input work each backend does once for the plan, not per run.
         let mut prepared: Vec<Option<Prepared>> = vec![None; graph.nodes().len()];
         for &i in &steps {
@@ -868,7 +874,8 @@ impl Executable {
                     let k = plan
                         .placeholder_nodes
                         .iter()
-                        .position(|&p| p == i)
+                        .find(|&&(p, _)| p == i)
+                        .map(|&(_, k)| k)
                         .ok_or_else(|| Error::invalid("internal: unknown placeholder"))?;
                     let t = inputs
                         .get_mut(k)

@@ -253,3 +253,34 @@ fn unused_nodes_are_not_executed() {
     assert_eq!(out[0].to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0]);
     let _ = y;
 }
+
+/// Inputs are fed by name: a placeholder nothing reads (dropped from the
+/// plan) before the ones in use does not shift which tensor each receives.
+#[test]
+fn inputs_are_fed_by_name_when_an_earlier_placeholder_is_unused() {
+    let mut r = common::rng(5);
+    let mut g = Graph::new();
+    let _unused = g.placeholder("unused", DType::F32, [3]);
+    let b = g.placeholder("b", DType::F32, [3]);
+    let c = g.placeholder("c", DType::F32, [3]);
+    let y = g.sub(b, c).unwrap();
+    let exe = compile(&g, &[y]);
+    let (bt, ct, ut) = (
+        common::random(&mut r, DType::F32, &[3]),
+        common::random(&mut r, DType::F32, &[3]),
+        common::random(&mut r, DType::F32, &[3]),
+    );
+    let out = exe
+        .run(
+            &[("c", ct.clone()), ("unused", ut), ("b", bt.clone())],
+            &mut exe.new_state(),
+        )
+        .unwrap();
+    let want: Vec<f64> = bt
+        .to_f64_vec()
+        .iter()
+        .zip(ct.to_f64_vec())
+        .map(|(x, y)| (*x as f32 - y as f32) as f64)
+        .collect();
+    assert_eq!(out[0].to_f64_vec(), want);
+}
