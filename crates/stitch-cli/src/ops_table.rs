@@ -89,6 +89,7 @@ pub fn catalog() -> Vec<(&'static str, Op)> {
             beta: 1.0,
             transpose_a: false,
             transpose_b: false,
+            activation: None,
         },
     ));
     v.push(("layout", Op::Reshape { shape: vec![] }));

@@ -538,6 +538,7 @@ impl Executable {
             &[
                 &passes::rewrite::attention_to_sdpa(),
                 &passes::rewrite::linear_bias_to_gemm(),
+                &passes::rewrite::gemm_activation(),
             ],
         )?;
         report.rewritten = rewritten;

@@ -88,6 +88,7 @@ impl Backend for CpuBackend {
                     beta,
                     transpose_a,
                     transpose_b,
+                    ..
                 },
                 [None, Some(b), c @ ..],
             ) if c.iter().all(Option::is_some) => {
@@ -121,6 +122,7 @@ impl Backend for CpuBackend {
                     beta,
                     transpose_a,
                     transpose_b,
+                    activation,
                 },
                 Some(w),
                 [a, b, c @ ..],
@@ -132,6 +134,7 @@ impl Backend for CpuBackend {
                 (*alpha, *beta),
                 *transpose_a,
                 *transpose_b,
+                *activation,
                 &node.outputs[0],
             )
             .map(|t| stitch_core::Outputs::from_iter([t]))

@@ -326,6 +326,7 @@ fn gemm_fused_and_decomposed_agree_with_reference() {
                         beta,
                         transpose_a: ta,
                         transpose_b: tb,
+                        activation: None,
                     };
                     // Half-precision matmul may accumulate in half precision: decomposition tolerance.
                     let loose = matches!(dtype, DType::F16 | DType::BF16);

@@ -378,6 +378,7 @@ fn gemm_scales_product_and_broadcast_bias() {
                     beta,
                     transpose_a: ta,
                     transpose_b: tb,
+                    activation: None,
                 },
                 &ins,
             )
@@ -405,6 +406,7 @@ fn gemm_handles_views_empty_inner_dimension_and_large_sizes() {
             beta: 0.5,
             transpose_a: false,
             transpose_b: false,
+            activation: None,
         },
         &[a.clone(), b.clone(), c.clone()],
     )
@@ -425,6 +427,7 @@ fn gemm_handles_views_empty_inner_dimension_and_large_sizes() {
                 beta: 3.0,
                 transpose_a: false,
                 transpose_b: false,
+                activation: None,
             },
             &[a.clone(), b.clone(), c.clone()],
         )
@@ -445,6 +448,7 @@ fn gemm_handles_views_empty_inner_dimension_and_large_sizes() {
             beta: 2.0,
             transpose_a: true,
             transpose_b: false,
+            activation: None,
         },
         &[a.clone(), b.clone(), c.clone()],
     )
@@ -560,5 +564,71 @@ fn linear_layer_with_bias_becomes_one_prepacked_gemm_and_matches_reference() {
                 &format!("{what}, run {run}"),
             );
         }
+    }
+}
+
+/// `act(x @ W + b)` (ReLU, GELU, tanh-GELU) with constant W and b compiles to
+/// one gemm with the activation as its epilogue (rewrites
+/// `linear_bias_to_gemm` then `gemm_activation`), weight and bias packed once;
+/// and a gemm op with an activation on plain inputs (no packing). Both are
+/// compared with the op-by-op reference.
+#[test]
+fn gemm_activation_epilogues_match_the_op_by_op_reference() {
+    use std::sync::Arc;
+    use stitch_core::ops::UnaryOp;
+    use stitch_core::{CompileOptions, Executable, Graph};
+    let mut r = rng(79);
+    for act in [UnaryOp::Relu, UnaryOp::Gelu, UnaryOp::GeluTanh] {
+        let (w, bias) = (rand(&mut r, DType::F32, &[24, 40]), rand(&mut r, DType::F32, &[40]));
+        let mut g = Graph::new();
+        let x = g.placeholder("x", DType::F32, [2, 5, 24]);
+        let (wc, bc) = (g.constant(w.clone()), g.constant(bias.clone()));
+        let y = g.matmul(x, wc).unwrap();
+        let y = g.add(y, bc).unwrap();
+        let y = g.add_op(Op::Unary(act), &[y]).unwrap();
+        let compile = |opts| Executable::compile(&g, &[y], Arc::new(stitch_cpu::CpuBackend::new()), opts).unwrap();
+        let (exe, reference) = (compile(CompileOptions::default()), compile(CompileOptions::reference()));
+        let plan = exe.plan_for(&[TensorType::new(DType::F32, vec![2, 5, 24])]).unwrap();
+        assert_eq!(plan.report.rewritten, 2, "{act:?}: linear, then the activation");
+        assert_eq!(plan.report.prepared, 1, "{act:?}");
+        assert_eq!(plan.report.fusion.regions, 0, "{act:?}: nothing left to fuse");
+        let xv = rand(&mut r, DType::F32, &[2, 5, 24]);
+        let got = exe.run(&[("x", xv.clone())], &mut exe.new_state()).unwrap();
+        let want = reference.run(&[("x", xv)], &mut reference.new_state()).unwrap();
+        assert_close_tol(
+            &got[0],
+            &want[0].to_f64_vec(),
+            &[2, 5, 40],
+            1e-5,
+            1e-5,
+            &format!("{act:?} packed"),
+        );
+
+        // The op itself on plain inputs, against gemm then the unary op.
+        let (a, b, c) = (
+            rand(&mut r, DType::F32, &[7, 9]),
+            rand(&mut r, DType::F32, &[11, 9]),
+            rand(&mut r, DType::F32, &[11]),
+        );
+        let gemm = |activation| Op::Gemm {
+            alpha: 0.5,
+            beta: 1.0,
+            transpose_a: false,
+            transpose_b: true,
+            activation,
+        };
+        let got = run_op(gemm(Some(act)), &[a.clone(), b.clone(), c.clone()])
+            .unwrap()
+            .remove(0);
+        let plain = run_op(gemm(None), &[a, b, c]).unwrap().remove(0);
+        let want = run_op(Op::Unary(act), &[plain]).unwrap().remove(0);
+        assert_close_tol(
+            &got,
+            &want.to_f64_vec(),
+            &[7, 11],
+            1e-5,
+            1e-6,
+            &format!("{act:?} plain"),
+        );
     }
 }

@@ -762,6 +762,7 @@ impl CudaBackend {
                 bias: false,
                 tf32: self.tf32,
                 align: 0,
+                act: lt::ACT_NONE,
             }
         } else {
             lt::LtKey {
@@ -775,6 +776,7 @@ impl CudaBackend {
                 bias: false,
                 tf32: self.tf32,
                 align: 0,
+                act: lt::ACT_NONE,
             }
         };
         let (pa, pb, pc) = (
@@ -830,7 +832,49 @@ impl CudaBackend {
     /// through cuBLASLt. A vector C with beta 1 is the bias epilogue; any other
     /// C is broadcast into the output first and accumulated with beta.
     #[allow(clippy::too_many_arguments)]
-    fn gemm(&self, node: &Node, inputs: &[Tensor], alpha: f64, beta: f64, ta: bool, tb: bool) -> Result<Tensor> {
+    /// `act(alpha·op(a)·op(b) + beta·c)`: ReLU and tanh-GELU run as cuBLASLt
+    /// epilogues, exact GELU (which cuBLASLt lacks) as a kernel after it.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        node: &Node,
+        inputs: &[Tensor],
+        alpha: f64,
+        beta: f64,
+        ta: bool,
+        tb: bool,
+        act: Option<stitch_core::ops::UnaryOp>,
+    ) -> Result<Tensor> {
+        let lt_act = match act {
+            Some(stitch_core::ops::UnaryOp::Relu) => lt::ACT_RELU,
+            Some(stitch_core::ops::UnaryOp::GeluTanh) => lt::ACT_GELU_TANH,
+            _ => lt::ACT_NONE,
+        };
+        let (out, ran_epilogue) = self.gemm_product(node, inputs, alpha, beta, ta, tb, lt_act)?;
+        match act {
+            Some(a) if !(ran_epilogue && lt_act != lt::ACT_NONE) => {
+                let r = single_op_region(&Op::Unary(a), 1).ok_or_else(|| err("internal: not elementwise"))?;
+                let ty = [(out.dtype(), out.shape().to_vec())];
+                let mut y = self.run_region(&r, &[out], &ty)?;
+                Ok(y.remove(0))
+            }
+            _ => Ok(out),
+        }
+    }
+
+    /// The product of [`Self::gemm`] with cuBLASLt epilogue `lt_act`; also
+    /// says whether cuBLASLt ran with it (not for an empty inner dimension).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_product(
+        &self,
+        node: &Node,
+        inputs: &[Tensor],
+        alpha: f64,
+        beta: f64,
+        ta: bool,
+        tb: bool,
+        lt_act: u8,
+    ) -> Result<(Tensor, bool)> {
         let (a, b) = (&inputs[0], &inputs[1]);
         let dt = a.dtype();
         if !lt_dtype(dt) || b.dtype() != dt || a.rank() != 2 || b.rank() != 2 {
@@ -868,7 +912,7 @@ impl CudaBackend {
             _ => self.alloc(dt, &[m, n])?,
         };
         if m * n == 0 {
-            return Ok(out);
+            return Ok((out, true));
         }
         let accumulate = c.is_some() && bias_vec.is_none();
         if k == 0 {
@@ -882,10 +926,10 @@ impl CudaBackend {
             return match bias_vec {
                 Some(c) => {
                     self.copy_into(&out, &c.broadcast_to(&[m, n])?)?;
-                    Ok(out)
+                    Ok((out, false))
                 }
-                None if accumulate => Ok(out),
-                None => self.zeros_like(&out),
+                None if accumulate => Ok((out, false)),
+                None => Ok((self.zeros_like(&out)?, false)),
             };
         }
         let bias = match bias_vec {
@@ -914,6 +958,7 @@ impl CudaBackend {
             bias: bias.is_some(),
             tf32: self.tf32,
             align: 0,
+            act: lt_act,
         };
         let (pa, pb, pc) = (
             elem_ptr(&a, &self.stream)?,
@@ -936,7 +981,7 @@ impl CudaBackend {
             pc,
             bias.as_ref().map_or(0, |b| b.1),
         )?;
-        Ok(out)
+        Ok((out, true))
     }
 
     fn rows_cols(x: &Tensor, axis: i64, node: &Node) -> Result<(usize, usize, usize)> {
@@ -2083,7 +2128,8 @@ impl Backend for CudaBackend {
                     beta,
                     transpose_a,
                     transpose_b,
-                } => one(self.gemm(node, inputs, *alpha, *beta, *transpose_a, *transpose_b)?),
+                    activation,
+                } => one(self.gemm(node, inputs, *alpha, *beta, *transpose_a, *transpose_b, *activation)?),
                 Op::MatMul {
                     transpose_a,
                     transpose_b,

@@ -37,7 +37,17 @@ pub struct LtKey {
     /// The alignment in bytes (a power of two, at most 256) every operand
     /// address has; cuBLASLt only picks algorithms that work with it.
     pub align: u32,
+    /// Activation epilogue: [`ACT_NONE`], [`ACT_RELU`] or [`ACT_GELU_TANH`].
+    pub act: u8,
 }
+
+/// No activation epilogue.
+pub const ACT_NONE: u8 = 0;
+/// ReLU epilogue (`CUBLASLT_EPILOGUE_RELU[_BIAS]`).
+pub const ACT_RELU: u8 = 1;
+/// Tanh-approximated GELU epilogue (`CUBLASLT_EPILOGUE_GELU[_BIAS]`; cuBLASLt
+/// has no exact-erf GELU).
+pub const ACT_GELU_TANH: u8 = 2;
 
 /// The largest power of two (at most 256) dividing every address.
 pub fn alignment(ptrs: &[u64]) -> u32 {
@@ -187,10 +197,16 @@ impl Lt {
             }
         };
         let (op_a, op_b) = (op(key.tb), op(key.ta));
-        let epilogue = if key.bias {
-            sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS
-        } else {
-            sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT
+        let epilogue = {
+            use sys::cublasLtEpilogue_t as E;
+            match (key.bias, key.act) {
+                (false, ACT_RELU) => E::CUBLASLT_EPILOGUE_RELU,
+                (true, ACT_RELU) => E::CUBLASLT_EPILOGUE_RELU_BIAS,
+                (false, ACT_GELU_TANH) => E::CUBLASLT_EPILOGUE_GELU,
+                (true, ACT_GELU_TANH) => E::CUBLASLT_EPILOGUE_GELU_BIAS,
+                (true, _) => E::CUBLASLT_EPILOGUE_BIAS,
+                (false, _) => E::CUBLASLT_EPILOGUE_DEFAULT,
+            }
         };
         // SAFETY: plain values of the documented attribute types.
         unsafe {

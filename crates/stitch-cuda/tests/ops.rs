@@ -975,3 +975,34 @@ fn the_rest_of_the_op_set_matches_the_cpu() {
         );
     }
 }
+
+/// `act(x @ W + b)` with constant W and b becomes one gemm with the
+/// activation as its epilogue: ReLU and tanh-GELU through cuBLASLt's
+/// RELU_BIAS / GELU_BIAS epilogues, exact GELU (which cuBLASLt lacks) as a
+/// kernel after the bias epilogue; f32 and f16, against the CPU.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gemm_bias_and_activation_epilogues() {
+    let mut r = rng(40);
+    for dtype in [DType::F32, DType::F16] {
+        for act in [UnaryOp::Relu, UnaryOp::Gelu, UnaryOp::GeluTanh] {
+            let mut g = Graph::new();
+            let x = g.placeholder("x", dtype, [3, 37, 64]);
+            let w = g.constant(random(&mut r, dtype, &[64, 96], -0.5, 0.5));
+            let b = g.constant(random(&mut r, dtype, &[96], -1.0, 1.0));
+            let y = g.matmul(x, w).unwrap();
+            let y = g.add(y, b).unwrap();
+            let y = g.add_op(Op::Unary(act), &[y]).unwrap();
+            let ins = [("x", random(&mut r, dtype, &[3, 37, 64], -1.0, 1.0))];
+            let (got, want, fb) = both(&g, &[y], &ins, CompileOptions::default());
+            assert_eq!(fb, 0, "{dtype} {act:?}: nothing falls back");
+            let gpu = Executable::compile_placed(&g, &[y], backends(), CompileOptions::default()).unwrap();
+            let plan = gpu
+                .plan_for(&[stitch_core::passes::specialize::type_of(&ins[0].1)])
+                .unwrap();
+            assert_eq!(plan.report.rewritten, 2, "{dtype} {act:?}: one gemm with its epilogue");
+            let tol = if dtype == DType::F16 { 5e-3 } else { 1e-5 };
+            check(&got, &want, tol, &format!("gemm + {act:?} {dtype}"));
+        }
+    }
+}

@@ -1272,6 +1272,7 @@ impl Ctx {
                         beta: a.f("beta", 1.0) as f64,
                         transpose_a: a.i("transA", 0) != 0,
                         transpose_b: a.i("transB", 0) != 0,
+                        activation: None,
                     },
                     &ins,
                 )?

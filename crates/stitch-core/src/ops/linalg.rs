@@ -7,7 +7,7 @@
 
 use crate::graph::{Graph, TensorType, Value};
 use crate::ops::util::{arity, same_dtype};
-use crate::ops::Op;
+use crate::ops::{Op, UnaryOp};
 use crate::shape::{broadcast_dim, broadcast_shapes, Dim, Shape};
 use crate::Result;
 
@@ -74,10 +74,24 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
         Op::Gemm {
             transpose_a,
             transpose_b,
+            activation,
             ..
         } => {
             arity(inputs, 2, 3)?;
             same_dtype(inputs)?;
+            if let Some(act) = activation {
+                if !EPILOGUE_ACTIVATIONS.contains(act) {
+                    return Err(format!(
+                        "gemm activation {act:?} is not an epilogue (one of {EPILOGUE_ACTIVATIONS:?})"
+                    ));
+                }
+                if !inputs[0].dtype.is_float() {
+                    return Err(format!(
+                        "gemm with an activation needs float operands, got {}",
+                        inputs[0]
+                    ));
+                }
+            }
             if inputs[0].shape.rank() != 2 || inputs[1].shape.rank() != 2 {
                 return Err(format!(
                     "gemm needs 2-D a and b, got {} and {}",
@@ -99,13 +113,18 @@ pub(crate) fn infer(op: &Op, inputs: &[TensorType]) -> Result<Vec<TensorType>, S
     }
 }
 
-/// `gemm = alpha * matmul(a, b) + beta * c`.
+/// Activations a gemm may apply to its result (cuBLASLt has epilogues for
+/// ReLU and tanh-GELU; exact GELU follows the product on every backend).
+pub const EPILOGUE_ACTIVATIONS: [UnaryOp; 3] = [UnaryOp::Relu, UnaryOp::Gelu, UnaryOp::GeluTanh];
+
+/// `gemm = act(alpha * matmul(a, b) + beta * c)`.
 pub(crate) fn decompose(op: &Op, g: &mut Graph, inputs: &[Value]) -> Result<Vec<Value>> {
     let Op::Gemm {
         alpha,
         beta,
         transpose_a,
         transpose_b,
+        activation,
     } = op
     else {
         unreachable!()
@@ -124,6 +143,9 @@ pub(crate) fn decompose(op: &Op, g: &mut Graph, inputs: &[Value]) -> Result<Vec<
             c
         };
         y = g.add(y, c)?;
+    }
+    if let Some(act) = activation {
+        y = g.add_op(Op::Unary(*act), &[y])?;
     }
     Ok(vec![y])
 }
@@ -163,6 +185,7 @@ impl Graph {
                 beta,
                 transpose_a,
                 transpose_b,
+                activation: None,
             },
             &ins,
         )

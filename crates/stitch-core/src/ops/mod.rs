@@ -109,12 +109,15 @@ pub enum Op {
     /// Batched matmul with numpy broadcasting of batch dims; either operand may be
     /// transposed in its last two axes. 1-D operands follow numpy rules.
     MatMul { transpose_a: bool, transpose_b: bool },
-    /// `alpha * op(A) @ op(B) + beta * C` on 2-D operands (C broadcast). Inputs `[a, b, c?]`.
+    /// `act(alpha * op(A) @ op(B) + beta * C)` on 2-D operands (C broadcast).
+    /// Inputs `[a, b, c?]`. `activation` (an epilogue) is `None` or one of
+    /// [`linalg::EPILOGUE_ACTIVATIONS`].
     Gemm {
         alpha: f64,
         beta: f64,
         transpose_a: bool,
         transpose_b: bool,
+        activation: Option<UnaryOp>,
     },
 
     // ---- layout ----

@@ -90,6 +90,11 @@
 //! shape)` with `alpha = beta = 1` (the reshapes only when x has batch axes).
 //! Backends run the bias as the product's epilogue instead of another pass
 //! over the output.
+//!
+//! [`gemm_activation`] moves a ReLU, GELU or tanh-GELU applied to a gemm's
+//! result (directly, or through the reshape [`linear_bias_to_gemm`] adds)
+//! into the gemm's `activation` epilogue; the gemm (and reshape) must have no
+//! other consumer.
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -660,6 +665,7 @@ impl Rule for LinearBiasToGemm {
                         beta: 1.0,
                         transpose_a: false,
                         transpose_b,
+                        activation: None,
                     };
                     let y = g.add_op(gemm, &[x2, ins[1], c])?;
                     if out.len() == 2 {
@@ -671,6 +677,77 @@ impl Rule for LinearBiasToGemm {
             });
         }
         None
+    }
+}
+
+/// The rule moving an activation after a gemm into its epilogue; see the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GemmActivation;
+
+/// The `act(gemm(..))` → `gemm(.., activation = act)` rule.
+pub fn gemm_activation() -> GemmActivation {
+    GemmActivation
+}
+
+impl Rule for GemmActivation {
+    fn name(&self) -> &str {
+        "gemm_activation"
+    }
+
+    fn match_at(&self, m: &Matcher<'_>, root: NodeId) -> Option<Match> {
+        let act_node = m.graph().node(root);
+        let Op::Unary(act) = act_node.op else {
+            return None;
+        };
+        if !crate::ops::linalg::EPILOGUE_ACTIVATIONS.contains(&act) {
+            return None;
+        }
+        // `act(gemm)` or `act(reshape(gemm))` (the linear rewrite's reshape back).
+        let mut x = act_node.inputs[0];
+        let mut interior = Vec::new();
+        let mut reshape = None;
+        if let Op::Reshape { .. } = m.producer(x).op {
+            reshape = Some(m.graph().ty(x).concrete()?);
+            interior.push(x.node);
+            x = m.producer(x).inputs[0];
+        }
+        let gemm = m.producer(x);
+        let Op::Gemm {
+            alpha,
+            beta,
+            transpose_a,
+            transpose_b,
+            activation: None,
+        } = gemm.op
+        else {
+            return None;
+        };
+        if !m.graph().ty(x).dtype.is_float() {
+            return None;
+        }
+        interior.push(x.node);
+        let inputs = gemm.inputs.clone();
+        Some(Match {
+            interior,
+            inputs,
+            emit: Box::new(move |g, ins| {
+                let op = Op::Gemm {
+                    alpha,
+                    beta,
+                    transpose_a,
+                    transpose_b,
+                    activation: Some(act),
+                };
+                let y = g.add_op(op, ins)?;
+                match reshape {
+                    Some(shape) => {
+                        let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+                        Ok(vec![g.reshape(y, &shape)?])
+                    }
+                    None => Ok(vec![y]),
+                }
+            }),
+        })
     }
 }
 

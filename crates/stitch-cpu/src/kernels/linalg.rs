@@ -12,6 +12,7 @@
 
 use half::{bf16, f16};
 use rayon::prelude::*;
+use stitch_core::ops::UnaryOp;
 use stitch_core::{DType, Dims, Element, Error, Result, Tensor, TensorType};
 
 use super::{dims, PAR_CHUNK};
@@ -538,6 +539,7 @@ pub fn gemm_prepacked(
     (alpha, beta): (f64, f64),
     transpose_a: bool,
     transpose_b: bool,
+    activation: Option<UnaryOp>,
     out: &TensorType,
 ) -> Result<Tensor> {
     let same = a.dtype() == DType::F32
@@ -552,7 +554,8 @@ pub fn gemm_prepacked(
     let (m, ka) = if same { (a.shape()[0], a.shape()[1]) } else { (0, 0) };
     if !same || ka != k || out_dims.as_slice() != [m, n] {
         // Not what was packed: the plain kernel checks and runs it.
-        return gemm(a, b, c, alpha, beta, transpose_a, transpose_b, out);
+        let y = gemm(a, b, c, alpha, beta, transpose_a, transpose_b, out)?;
+        return activate(y, activation, out);
     }
     let mut t = Tensor::empty(DType::F32, &out_dims);
     if m == 0 {
@@ -568,6 +571,9 @@ pub fn gemm_prepacked(
     };
     // SAFETY: `a` is a validated m×k view with non-negative strides.
     unsafe { super::sgemm::sgemm_packed(m, mat, &w.packed, dst, w.bias.as_deref(), true) };
+    if let Some(act) = activation {
+        activate_f32(dst, act)?;
+    }
     Ok(t)
 }
 
@@ -774,4 +780,57 @@ pub fn gemm(
         DType::U64 => int!(u64),
         d => Err(Error::invalid(format!("gemm does not support dtype {d}"))),
     }
+}
+
+/// Applies a gemm's activation epilogue to its freshly computed result `t`:
+/// f32 in place (vectorised), other dtypes through the elementwise kernel.
+pub fn activate(mut t: Tensor, act: Option<UnaryOp>, out: &TensorType) -> Result<Tensor> {
+    let Some(act) = act else {
+        return Ok(t);
+    };
+    if t.dtype() == DType::F32 && t.is_contiguous() && t.offset() == 0 {
+        activate_f32(t.buffer_mut().as_slice_mut::<f32>(), act)?;
+        return Ok(t);
+    }
+    super::elementwise::unary(act, &t, out)
+}
+
+/// `act` over `v` in place (ReLU, GELU or tanh-GELU).
+fn activate_f32(v: &mut [f32], act: UnaryOp) -> Result<()> {
+    use super::simd_math::{gelu_f32, tanh_f32};
+    if !stitch_core::ops::linalg::EPILOGUE_ACTIVATIONS.contains(&act) {
+        return Err(Error::invalid(format!("{act:?} is not a gemm epilogue")));
+    }
+    v.par_chunks_mut(4096).for_each(|chunk| {
+        let mut tmp = [0f32; 256];
+        for c in chunk.chunks_mut(256) {
+            let t = &mut tmp[..c.len()];
+            match act {
+                // `x < 0` is false for NaN, so NaN passes through (as the unary op).
+                UnaryOp::Relu => c.iter_mut().for_each(|x| {
+                    if *x < 0.0 {
+                        *x = 0.0
+                    }
+                }),
+                UnaryOp::Gelu => {
+                    t.copy_from_slice(c);
+                    gelu_f32(t, c);
+                }
+                _ => {
+                    // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+                    let k = (2.0 / std::f32::consts::PI).sqrt();
+                    for (ti, &x) in t.iter_mut().zip(c.iter()) {
+                        *ti = k * (x + 0.044715 * x * x * x);
+                    }
+                    let mut th = [0f32; 256];
+                    let th = &mut th[..c.len()];
+                    tanh_f32(t, th);
+                    for (x, &h) in c.iter_mut().zip(th.iter()) {
+                        *x = 0.5 * *x * (1.0 + h);
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
 }

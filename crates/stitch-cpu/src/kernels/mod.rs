@@ -110,6 +110,7 @@ pub fn execute(op: &Op, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Out
             beta,
             transpose_a,
             transpose_b,
+            activation,
         } => one(linalg::gemm(
             &inputs[0],
             &inputs[1],
@@ -119,7 +120,8 @@ pub fn execute(op: &Op, inputs: &[Tensor], outputs: &[TensorType]) -> Result<Out
             *transpose_a,
             *transpose_b,
             out,
-        )),
+        )
+        .and_then(|y| linalg::activate(y, *activation, out))),
 
         Op::Reshape { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => one(layout::reshape(&inputs[0], out)),
         Op::Transpose { perm } => one(layout::transpose(&inputs[0], perm)),
