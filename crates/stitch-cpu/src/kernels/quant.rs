@@ -173,10 +173,34 @@ fn quantize_activations() -> bool {
     }
 }
 
+/// Whether products over weights of [`int8::TWO_TERM_MIN_BYTES`] and more (an
+/// LLM's output head) quantize activations in two terms (see `quant/int8.rs`):
+/// off by default (it costs about 5% of the default model's decode speed for
+/// 1.1e-2 → 3e-5 of the head's logit error); `STITCH_TWO_TERM_HEAD=1` or
+/// [`set_two_term_head`] turns it on.
+static TWO_TERM_HEAD: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+
+/// Chooses two-term activations for the output head (see [`TWO_TERM_HEAD`]).
+pub fn set_two_term_head(on: bool) {
+    TWO_TERM_HEAD.store(on as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn two_term_head() -> bool {
+    match TWO_TERM_HEAD.load(std::sync::atomic::Ordering::Relaxed) {
+        2 => {
+            let on = std::env::var("STITCH_TWO_TERM_HEAD").is_ok_and(|v| v == "1");
+            TWO_TERM_HEAD.store(on as u8, std::sync::atomic::Ordering::Relaxed);
+            on
+        }
+        v => v == 1,
+    }
+}
+
 /// Few-row product: each task takes a range of weight rows (output columns).
 fn gemv(x: &[f32], w: &[u8], format: QuantFormat, m: usize, n: usize, k: usize, dst: &mut [f32]) {
     if quantize_activations() && int8::supports(format) {
-        let two_term = n * (k / format.block_elems()) * format.block_bytes() >= int8::TWO_TERM_MIN_BYTES;
+        let two_term =
+            two_term_head() && n * (k / format.block_elems()) * format.block_bytes() >= int8::TWO_TERM_MIN_BYTES;
         return int8::gemv(int8::Isa::detect(), x, w, format, m, n, k, two_term, dst);
     }
     gemv_f32(x, w, format, m, n, k, dst)
