@@ -162,15 +162,23 @@ pub fn set_quantize_activations(on: bool) {
     QUANT_ACT.store(on as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn quantize_activations() -> bool {
-    match QUANT_ACT.load(std::sync::atomic::Ordering::Relaxed) {
+/// A switch that is 0 (off), 1 (on) or 2 (not decided yet: read from the
+/// environment variable `var` on first use; unset means `default`, else on
+/// unless `0`).
+fn switch(s: &std::sync::atomic::AtomicU8, var: &str, default: bool) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    match s.load(Relaxed) {
         2 => {
-            let on = std::env::var("STITCH_QUANT_ACTIVATIONS").map_or(true, |v| v != "0");
-            QUANT_ACT.store(on as u8, std::sync::atomic::Ordering::Relaxed);
+            let on = std::env::var(var).map_or(default, |v| v != "0");
+            s.store(on as u8, Relaxed);
             on
         }
         v => v == 1,
     }
+}
+
+fn quantize_activations() -> bool {
+    switch(&QUANT_ACT, "STITCH_QUANT_ACTIVATIONS", true)
 }
 
 /// Whether products over weights of [`int8::TWO_TERM_MIN_BYTES`] and more (an
@@ -186,14 +194,7 @@ pub fn set_two_term_head(on: bool) {
 }
 
 fn two_term_head() -> bool {
-    match TWO_TERM_HEAD.load(std::sync::atomic::Ordering::Relaxed) {
-        2 => {
-            let on = std::env::var("STITCH_TWO_TERM_HEAD").is_ok_and(|v| v == "1");
-            TWO_TERM_HEAD.store(on as u8, std::sync::atomic::Ordering::Relaxed);
-            on
-        }
-        v => v == 1,
-    }
+    switch(&TWO_TERM_HEAD, "STITCH_TWO_TERM_HEAD", false)
 }
 
 /// Few-row product: each task takes a range of weight rows (output columns).
