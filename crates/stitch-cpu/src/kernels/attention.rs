@@ -10,7 +10,7 @@
 //! every key masked gives NaN, as the decomposition does.
 //!
 //! f32 with several query rows (prefill, encoders) takes a blocked path
-//! instead: per (batch, head, block of up to [`BLOCK_ROWS`] rows) the scores
+//! instead: per (batch, head, block of 32 to [`BLOCK_ROWS`] rows) the scores
 //! `Q_blk·Kᵀ` and the output `P·V` are two small products on the packed GEMM
 //! micro-kernels, with the scaling folded into the first, the mask and a
 //! vectorised exp applied row by row in between, and the division by the row
@@ -27,7 +27,9 @@ use super::scratch::ScratchElem;
 /// Query rows per task.
 const ROWS_PER_TASK: usize = 16;
 /// Query rows per block of the blocked f32 path.
-const BLOCK_ROWS: usize = 32;
+/// (Larger blocks pack each head's K and V fewer times; blocks shrink to 32
+/// rows when that leaves too few tasks for the threads.)
+const BLOCK_ROWS: usize = 128;
 /// Fewest query rows for which f32 takes the blocked path.
 const BLOCKED_MIN_ROWS: usize = 8;
 
@@ -395,16 +397,19 @@ fn blocked_f32<A: Acc>(
     use super::sgemm::{sgemm, Isa, Mat};
     let isa = Isa::detect();
     let group = s.hq / s.hkv;
+    // Rows per block: up to BLOCK_ROWS while there are 4 tasks per thread.
+    let heads = dst.len() / (s.lq * s.dv).max(1);
+    let block = (heads * s.lq / (4 * rayon::current_num_threads().max(1))).clamp(32, BLOCK_ROWS) / 8 * 8;
     dst.par_chunks_mut(s.lq * s.dv)
         .enumerate()
         .flat_map(|(bh, head)| {
-            head.par_chunks_mut(BLOCK_ROWS * s.dv)
+            head.par_chunks_mut(block * s.dv)
                 .enumerate()
                 .map(move |(rb, out)| (bh, rb, out))
         })
         .for_each(|(bh, rb, out)| {
             let rows = out.len() / s.dv;
-            let i0 = rb * BLOCK_ROWS;
+            let i0 = rb * block;
             let (bi, h) = (bh / s.hq, bh % s.hq);
             let kvh = h / group;
             // Each row's key limit (causal, then the last key a bool mask allows).

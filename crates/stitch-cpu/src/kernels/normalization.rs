@@ -288,6 +288,22 @@ fn param<T: NormElem>(p: &Tensor, norm_shape: &[usize], what: &str, x: &Tensor) 
     Ok(contiguous(&p.broadcast_to(norm_shape)?))
 }
 
+/// `Σ f(x)` in f64 over 8 independent lanes, so the loop vectorises (a
+/// sequential f64 sum is one dependent add per element); the order differs
+/// from a sequential sum only in f64 rounding.
+#[inline(always)]
+fn sum_lanes<T: Copy>(xs: &[T], f: impl Fn(T) -> f64) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += f(v);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
 /// Layer norm over axes `axis..rank`.
 pub fn layer_norm(x: &Tensor, scale: &Tensor, bias: Option<&Tensor>, axis: i64, epsilon: f64) -> Result<Tensor> {
     dispatch_float!(x.dtype(), "layer_norm", norm_t(x, scale, bias, axis, epsilon, false))
@@ -328,7 +344,10 @@ fn norm_t<T: NormElem>(
             for (r, row) in chunk.chunks_mut(n).enumerate() {
                 let xr = &src[(first + r) * n..][..n];
                 if rms {
-                    let ms = xr.iter().map(|&v| v.to_acc().wide()).map(|v| v * v).sum::<f64>() * inv_n;
+                    let ms = sum_lanes(xr, |v| {
+                        let w = v.to_acc().wide();
+                        w * w
+                    }) * inv_n;
                     let inv = T::A::of(1.0 / (ms + eps).sqrt());
                     for ((o, &v), &s) in row.iter_mut().zip(xr).zip(sc) {
                         *o = T::from_acc(v.to_acc() * inv * s.to_acc());
@@ -336,8 +355,11 @@ fn norm_t<T: NormElem>(
                 } else {
                     // Two passes (mean, then squared deviations) in f64: no
                     // cancellation even when |mean| >> std.
-                    let mean = xr.iter().map(|&v| v.to_acc().wide()).sum::<f64>() * inv_n;
-                    let var = xr.iter().map(|&v| v.to_acc().wide() - mean).map(|d| d * d).sum::<f64>() * inv_n;
+                    let mean = sum_lanes(xr, |v| v.to_acc().wide()) * inv_n;
+                    let var = sum_lanes(xr, |v| {
+                        let d = v.to_acc().wide() - mean;
+                        d * d
+                    }) * inv_n;
                     let inv = T::A::of(1.0 / (var + eps).sqrt());
                     // Centre in f64 too, then scale in the compute type.
                     let centred = |v: T| T::A::of(v.to_acc().wide() - mean);
