@@ -237,6 +237,38 @@ __device__ float st_dq(int fmt, const unsigned char* b, int j) {
   }
 }
 
+// acc[r] += sum_j wv[j] * x[r, e0 + j] over one 32-element unit for up to 8
+// rows of x, read with 16-byte loads (the order both quantized GEMVs share).
+__device__ __forceinline__ void st_unit_rows(const float* wv, const float* __restrict__ x, long long k,
+                                             long long e0, int rows, float* acc) {
+  #pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    if (r < rows) {
+      const float4* xv = (const float4*)(x + r * k + e0);
+      float a = 0.f;
+      #pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        const float4 t = xv[q];
+        a += wv[4 * q] * t.x + wv[4 * q + 1] * t.y + wv[4 * q + 2] * t.z + wv[4 * q + 3] * t.w;
+      }
+      acc[r] += a;
+    }
+  }
+}
+
+// Sums each row's per-lane partials over the warp; lane 0 writes y[r, col].
+__device__ __forceinline__ void st_warp_store(const float* acc, int rows, int lane, float* __restrict__ y,
+                                              long long n, long long col) {
+  #pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    if (r < rows) {
+      float a = acc[r];
+      for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+      if (lane == 0) y[r * n + col] = a;
+    }
+  }
+}
+
 // y[r, c] = sum_k x[r, k] * w[c, k] for up to 8 rows of x, packed rows of w in
 // format FMT (BE elements in BB bytes per block). One warp per output column;
 // each lane takes 32-element units: dequantizes them into registers once and
@@ -260,28 +292,9 @@ __device__ __forceinline__ void st_qgemv(const float* __restrict__ x, const unsi
     float wv[32];
     #pragma unroll
     for (int j = 0; j < 32; ++j) wv[j] = st_dqt<FMT>(b, j0 + j);
-    #pragma unroll
-    for (int r = 0; r < 8; ++r) {
-      if (r < rows) {
-        const float4* xv = (const float4*)(x + r * k + e0);
-        float a = 0.f;
-        #pragma unroll
-        for (int q = 0; q < 8; ++q) {
-          const float4 t = xv[q];
-          a += wv[4 * q] * t.x + wv[4 * q + 1] * t.y + wv[4 * q + 2] * t.z + wv[4 * q + 3] * t.w;
-        }
-        acc[r] += a;
-      }
-    }
+    st_unit_rows(wv, x, k, e0, rows, acc);
   }
-  #pragma unroll
-  for (int r = 0; r < 8; ++r) {
-    if (r < rows) {
-      float a = acc[r];
-      for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
-      if (lane == 0) y[r * n + col] = a;
-    }
-  }
+  st_warp_store(acc, rows, lane, y, n, col);
 }
 #define ST_QGEMV(F, BE, BB) \
   extern "C" __global__ void st_qgemv_##F(const float* x, const unsigned char* w, float* y, int rows, long long n, long long k, long long rb) { \
@@ -412,28 +425,9 @@ __device__ __forceinline__ void st_qgemv16(const float* __restrict__ x, const un
     const long long blk = e0 / BE;
     float wv[32];
     st_unit<FMT>(qrow + blk * QB, mrow + blk * MB, (int)((e0 % BE) >> 5), wv);
-    #pragma unroll
-    for (int r = 0; r < 8; ++r) {
-      if (r < rows) {
-        const float4* xv = (const float4*)(x + r * k + e0);
-        float a = 0.f;
-        #pragma unroll
-        for (int q = 0; q < 8; ++q) {
-          const float4 t = xv[q];
-          a += wv[4 * q] * t.x + wv[4 * q + 1] * t.y + wv[4 * q + 2] * t.z + wv[4 * q + 3] * t.w;
-        }
-        acc[r] += a;
-      }
-    }
+    st_unit_rows(wv, x, k, e0, rows, acc);
   }
-  #pragma unroll
-  for (int r = 0; r < 8; ++r) {
-    if (r < rows) {
-      float a = acc[r];
-      for (int o = 16; o > 0; o >>= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
-      if (lane == 0) y[r * n + col] = a;
-    }
-  }
+  st_warp_store(acc, rows, lane, y, n, col);
 }
 // out[r, :] = dequantized row r of repacked weights: a thread per 32-element
 // unit, written as eight float4.

@@ -1237,11 +1237,7 @@ impl CudaBackend {
             let rows32 = rows as i32;
             let mut b = self.stream.launch_builder(&f);
             b.arg(&px).arg(&pw).arg(&py).arg(&rows32).arg(&n_i).arg(&k_i).arg(&rb_i);
-            let cfg = LaunchConfig {
-                grid_dim: ((n * 32).div_ceil(256) as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = warp_per_column(n);
             // SAFETY: contiguous, 16-byte aligned f32 [rows ≤ 8, k] x, packed
             // [n, row_bytes] w, f32 [rows, n] y.
             self.check_launch("quant_matmul", unsafe { b.launch(cfg) }.map(|_| ()))?;
@@ -1323,11 +1319,7 @@ impl CudaBackend {
         let rows32 = rows as i32;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&px).arg(&pq).arg(&pm).arg(&py).arg(&rows32).arg(&n_i).arg(&k_i);
-        let cfg = LaunchConfig {
-            grid_dim: ((n * 32).div_ceil(256) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = warp_per_column(n);
         // SAFETY: contiguous, 16-byte aligned f32 [rows < 8, k] x; repacked
         // weights (16-byte aligned quants, k a multiple of 32); f32 [rows, n] y.
         self.check_launch("quant_matmul", unsafe { b.launch(cfg) }.map(|_| ()))?;
@@ -1760,6 +1752,16 @@ fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
         };
     }
     Some(out)
+}
+
+/// Launch shape of the quantized GEMVs: one 32-thread warp per output column,
+/// 256 threads a block.
+fn warp_per_column(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n * 32).div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 /// A one-node region for an elementwise op or a reduction.

@@ -115,6 +115,16 @@ fn dot<T: Element, A: Acc>(a: &[T], b: &[T]) -> A {
     s
 }
 
+/// Element index of (batch, head, row, key) in a mask view with `strides` and `offset`.
+#[inline(always)]
+fn mask_index(strides: &[isize; 4], offset: isize, at: [usize; 4]) -> usize {
+    let mut o = offset;
+    for (s, a) in strides.iter().zip(at) {
+        o += *s * a as isize;
+    }
+    o as usize
+}
+
 /// The mask as read by the kernel: through its broadcast view's strides, never
 /// materialised for bool and f32 masks.
 enum Mask<'a, A> {
@@ -136,9 +146,7 @@ impl<A: Acc> Mask<'_, A> {
     /// The additive mask value at (batch, head, row, key).
     #[inline]
     fn at(&self, bi: usize, h: usize, i: usize, j: usize, dims: [usize; 3]) -> A {
-        let off = |s: &[isize; 4], o: isize| {
-            (o + bi as isize * s[0] + h as isize * s[1] + i as isize * s[2] + j as isize * s[3]) as usize
-        };
+        let off = |s: &[isize; 4], o: isize| mask_index(s, o, [bi, h, i, j]);
         match self {
             Mask::None => A::default(),
             Mask::Bool { data, strides, offset } => {
@@ -448,10 +456,7 @@ fn blocked_f32<A: Acc>(
                     let limit = limits[r];
                     row[limit..].fill(f32::NEG_INFINITY);
                     let masked = &mut row[..limit];
-                    let at = |st: &[isize; 4], o: isize, j: usize| {
-                        (o + bi as isize * st[0] + h as isize * st[1] + i as isize * st[2] + j as isize * st[3])
-                            as usize
-                    };
+                    let at = |st: &[isize; 4], o: isize, j: usize| mask_index(st, o, [bi, h, i, j]);
                     match mask {
                         Mask::None => {}
                         Mask::F32 { data, strides, offset } if strides[3] == 1 => {
