@@ -345,6 +345,9 @@ enum Mask {
     Bool(Vec<usize>),
     /// Added to the scores; same shape rules.
     Additive(Vec<usize>),
+    /// Bool allowing the first `n` keys of every row (a KV cache filled up to
+    /// a position): the kernel's dense path.
+    Prefix(Vec<usize>, usize),
 }
 
 /// Reference attention: scores = q·k * scale, mask, softmax over keys, @ v.
@@ -418,6 +421,13 @@ fn run_sdpa_case(
             Some(Tensor::from_f64(DType::Bool, &t, s).unwrap())
         }
         Mask::Additive(s) => Some(random(r, dtype, s)),
+        Mask::Prefix(s, n) => {
+            let lk_m = *s.last().unwrap();
+            let t: Vec<f64> = (0..s.iter().product::<usize>())
+                .map(|i| f64::from(u8::from(i % lk_m < *n)))
+                .collect();
+            Some(Tensor::from_f64(DType::Bool, &t, s).unwrap())
+        }
     };
     let scale = attrs.scale.unwrap_or(1.0 / (d as f64).sqrt());
     let want = sdpa_ref(&q, &k, &v, m.as_ref(), scale, attrs.causal);
@@ -529,6 +539,24 @@ fn sdpa_with_masks_causal_alignment_and_grouped_heads_agrees_with_reference() {
             &Mask::Bool(vec![1, 4, 3, 3]),
             causal,
             "grouped causal with bool mask",
+        );
+        // Decode over a KV cache: a prefix mask, grouped heads, head sizes
+        // beyond the vector widths with remainders (dv = d + 1).
+        run_sdpa_case(
+            &mut r,
+            dtype,
+            [1, 9, 3, 1, 200, 64],
+            &Mask::Prefix(vec![1, 1, 1, 200], 131),
+            plain,
+            "decode over a cache, prefix mask",
+        );
+        run_sdpa_case(
+            &mut r,
+            dtype,
+            [2, 2, 2, 3, 40, 21],
+            &Mask::Prefix(vec![2, 1, 3, 40], 17),
+            causal,
+            "few rows, causal with prefix mask",
         );
         // Enough query rows for the blocked f32 path: several row blocks, a
         // partial last block, causal limits inside a block, grouped heads.

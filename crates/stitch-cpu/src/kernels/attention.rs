@@ -7,7 +7,11 @@
 //! The `[Lq, Lk]` score matrix is never materialised. Grouped-query heads read
 //! kv head `h / (Hq / Hkv)` directly; nothing is repeated in memory. Math runs
 //! in f32 (f64 for f64 inputs), like the decomposition it replaces. A row with
-//! every key masked gives NaN, as the decomposition does.
+//! every key masked gives NaN, as the decomposition does. An f32 row whose
+//! allowed keys are a prefix (no mask, causal, or a boolean mask over a KV
+//! cache filled up to the current position: every decode step) takes a
+//! vectorised path with no per-key mask lookups: AVX-512/AVX2 dots, the
+//! vectorised exp, and `Σ pⱼ vⱼ` in 64-column register blocks.
 //!
 //! f32 with several query rows (prefill, encoders) takes a blocked path
 //! instead: per (batch, head, block of 32 to [`BLOCK_ROWS`] rows) the scores
@@ -268,23 +272,46 @@ fn run<T: Element, A: Acc + ScratchElem>(
                     } else {
                         lk
                     };
-                    // A boolean mask usually ends the row early (a KV cache filled up to
-                    // the current position): stop at its last allowed key.
-                    if let Mask::Bool { .. } = mask {
-                        if let Some(j) = (0..limit)
-                            .rev()
-                            .find(|&j| mask.at(bi, h, i, j, [hq, lq, lk]) != A::NEG_INF)
-                        {
+                    // A boolean mask usually allows a prefix of the keys (a KV cache
+                    // filled up to the current position): read the row through its
+                    // stride once, stop at its last allowed key, and when every key
+                    // before it is allowed skip the per-key mask lookups.
+                    let mut dense = matches!(mask, Mask::None);
+                    if let Mask::Bool { data, strides, offset } = &mask {
+                        let base = mask_index(strides, *offset, [bi, h, i, 0]) as isize;
+                        let allowed = |j: usize| data[(base + strides[3] * j as isize) as usize] != 0;
+                        if let Some(j) = (0..limit).rev().find(|&j| allowed(j)) {
                             limit = j + 1;
+                            dense = (0..limit).all(allowed);
                         }
                     }
+                    if dense && limit > 0 && T::DTYPE == DType::F32 {
+                        // SAFETY: T and A are f32 here (run::<f32, f32> is the only
+                        // instantiation whose T has dtype F32), so these are the same
+                        // slices under their own type.
+                        let (f, fm) = (
+                            |s: &[T]| unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) },
+                            |s: &mut [A]| unsafe {
+                                std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len())
+                            },
+                        );
+                        // SAFETY: as above, for the output row.
+                        let out_f32 = unsafe {
+                            std::slice::from_raw_parts_mut(out_row.as_mut_ptr().cast::<f32>(), out_row.len())
+                        };
+                        dense_row_f32(
+                            f(q_row),
+                            f(&kv[k_base * d..(k_base + limit) * d]),
+                            f(&vv[k_base * dv..(k_base + limit) * dv]),
+                            scale.to() as f32,
+                            fm(&mut scores[..limit]),
+                            out_f32,
+                        );
+                        continue;
+                    }
                     let mut max = A::NEG_INF;
-                    for (j, s) in scores.iter_mut().enumerate() {
-                        if j >= limit {
-                            *s = A::NEG_INF;
-                            continue;
-                        }
-                        let m = if matches!(mask, Mask::None) {
+                    for (j, s) in scores[..limit].iter_mut().enumerate() {
+                        let m = if dense {
                             A::default()
                         } else {
                             mask.at(bi, h, i, j, [hq, lq, lk])
@@ -300,6 +327,9 @@ fn run<T: Element, A: Acc + ScratchElem>(
                         if val > max {
                             max = val;
                         }
+                    }
+                    if max == A::NEG_INF {
+                        scores[limit..].fill(A::NEG_INF);
                     }
                     // Softmax in place; an all −∞ row gives exp(NaN) = NaN, as the definition does.
                     let span = if max == A::NEG_INF { lk } else { limit };
@@ -332,6 +362,147 @@ fn run<T: Element, A: Acc + ScratchElem>(
         stitch_core::BufferPool::recycle(t);
     }
     Ok(out)
+}
+
+/// One f32 query row `q` against keys `k` (`[n, d]`) that are all allowed:
+/// the scores `q·kⱼ·scale` into `scores` (`n` long), their softmax, and
+/// `out = Σ softmax(s)ⱼ vⱼ` (`v` is `[n, dv]`). The vectorised path of decode
+/// (one query row per head over a KV cache filled up to the current position).
+fn dense_row_f32(q: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    use super::simd_math::Level;
+    match super::simd_math::level() {
+        // SAFETY: the level says the CPU has these features.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { dense_row_x86::avx512(q, k, v, scale, scores, out) },
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => unsafe { dense_row_x86::avx2(q, k, v, scale, scores, out) },
+        _ => dense_row_body(q, k, v, scale, scores, out, |a, b| {
+            a.iter().zip(b).map(|(x, y)| x * y).sum()
+        }),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod dense_row_x86 {
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn avx512(q: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+        super::dense_row_body(q, k, v, scale, scores, out, |a, b| {
+            use std::arch::x86_64::*;
+            let n16 = a.len() / 16 * 16;
+            // SAFETY: the target features are enabled; loads stay inside a and b.
+            let mut s = unsafe {
+                let mut acc = _mm512_setzero_ps();
+                for i in (0..n16).step_by(16) {
+                    acc = _mm512_fmadd_ps(
+                        _mm512_loadu_ps(a.as_ptr().add(i)),
+                        _mm512_loadu_ps(b.as_ptr().add(i)),
+                        acc,
+                    );
+                }
+                _mm512_reduce_add_ps(acc)
+            };
+            for i in n16..a.len() {
+                s += a[i] * b[i];
+            }
+            s
+        })
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2(q: &[f32], k: &[f32], v: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+        super::dense_row_body(q, k, v, scale, scores, out, |a, b| {
+            use std::arch::x86_64::*;
+            let n8 = a.len() / 8 * 8;
+            // SAFETY: the target features are enabled; loads stay inside a and b.
+            let mut s = unsafe {
+                let mut acc = _mm256_setzero_ps();
+                for i in (0..n8).step_by(8) {
+                    acc = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(a.as_ptr().add(i)),
+                        _mm256_loadu_ps(b.as_ptr().add(i)),
+                        acc,
+                    );
+                }
+                let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+                let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)))
+            };
+            for i in n8..a.len() {
+                s += a[i] * b[i];
+            }
+            s
+        })
+    }
+}
+
+/// Pairwise sum of 16 lanes (a short dependency chain).
+#[inline(always)]
+fn hsum16(l: [f32; 16]) -> f32 {
+    let mut a = [0f32; 8];
+    for i in 0..8 {
+        a[i] = l[i] + l[i + 8];
+    }
+    let b = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+    (b[0] + b[2]) + (b[1] + b[3])
+}
+
+/// The body of [`dense_row_f32`]; LLVM vectorises it for the target features
+/// of the function it is inlined into.
+#[inline(always)]
+fn dense_row_body(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+) {
+    const W: usize = 64; // output columns per pass, held in registers
+    let (d, dv) = (q.len(), out.len());
+    let mut max = f32::NEG_INFINITY;
+    for (s, kr) in scores.iter_mut().zip(k.chunks_exact(d.max(1))) {
+        *s = dot(q, kr) * scale;
+        max = max.max(*s);
+    }
+    let mut sum = [0f32; 16];
+    let mut tmp = [0f32; W];
+    for ch in scores.chunks_mut(W) {
+        let t = &mut tmp[..ch.len()];
+        for (t, &s) in t.iter_mut().zip(ch.iter()) {
+            *t = s - max;
+        }
+        super::simd_math::exp_f32(t, ch);
+        for (i, &p) in ch.iter().enumerate() {
+            sum[i % 16] += p;
+        }
+    }
+    let inv = 1.0 / hsum16(sum);
+    for c0 in (0..dv).step_by(W) {
+        let w = (dv - c0).min(W);
+        let mut acc = [0f32; W];
+        if w == W {
+            for (&p, vr) in scores.iter().zip(v.chunks_exact(dv)) {
+                let vr: &[f32; W] = vr[c0..c0 + W].try_into().expect("W columns");
+                for l in 0..W {
+                    acc[l] += p * vr[l];
+                }
+            }
+        } else {
+            for (&p, vr) in scores.iter().zip(v.chunks_exact(dv)) {
+                for (a, &x) in acc[..w].iter_mut().zip(&vr[c0..c0 + w]) {
+                    *a += p * x;
+                }
+            }
+        }
+        for (o, &a) in out[c0..c0 + w].iter_mut().zip(&acc[..w]) {
+            *o = a * inv;
+        }
+    }
 }
 
 /// Sizes of an attention problem for [`blocked_f32`].

@@ -292,7 +292,7 @@ fn map<K: Kernel, M: MulAdd>(src: &[f32], dst: &mut [f32]) {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Level {
+pub(super) enum Level {
     Baseline = 1,
     Avx2 = 2,
     Avx512 = 3,
@@ -301,7 +301,7 @@ enum Level {
 /// The chosen level, 0 until first detected.
 static LEVEL: AtomicU8 = AtomicU8::new(0);
 
-fn level() -> Level {
+pub(super) fn level() -> Level {
     match LEVEL.load(Ordering::Relaxed) {
         1 => Level::Baseline,
         2 => Level::Avx2,
