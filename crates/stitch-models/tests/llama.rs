@@ -229,20 +229,26 @@ fn first_step_logits_match_an_f64_reference() {
     let tok = Tokenizer::from_gguf(model()).unwrap();
     let ids = tok.encode(PROMPT, true).unwrap();
     let want = reference_logits(&ids);
+    if let Some(path) = std::env::var_os("STITCH_REFERENCE_LOGITS") {
+        // For bench/llm_accuracy.py: the same reference, to measure llama.cpp against.
+        let t = stitch_core::Tensor::from_vec(want.clone(), &[want.len()]).unwrap();
+        stitch_core::npy::save_npy(std::path::Path::new(&path), &t).unwrap();
+    }
     let _guard = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let scale = max_abs(&want);
     // Three activation paths: f32 everywhere (prefill runs the GEMM path on
     // expanded weights, the decode step and the output head the GEMV over
     // packed blocks); the default, 8-bit activations in the GEMVs, quantized
     // per 16 elements; and that with the output head's activations in two
-    // terms (STITCH_TWO_TERM_HEAD=1). Prefill's error is the head's alone:
-    // 1.1e-2 with one term, 3e-5 with two. After one decode step through 30
-    // layers the default measures 1.5e-2 (AVX-512), 1.6e-2 (scalar) and 3.5e-2
-    // (AVX2) on this build (a different float summation order upstream flips
-    // the rounding of some 8-bit codes; the two-term head moves these to
-    // 1.3e-2, 1.4e-2, 2.8e-2). The 2e-2 is therefore not met on every
-    // kernel set; 5e-2 is asserted there with the same top-5 ids, and the gap
-    // is recorded in the notes.
+    // terms (STITCH_TWO_TERM_HEAD=1). The first step's logits (prefill) carry
+    // the head's error alone: 9.0e-3 with one term on every kernel set (the
+    // issue's bound, 2e-2, is asserted), 3e-5 with two. After one decode step
+    // every product of 30 layers has 8-bit activations too: 1.6e-2 to 3.5e-2
+    // depending on the kernel set's float summation order (it flips the
+    // rounding of some 8-bit codes upstream; each figure moves when any kernel
+    // changes). llama.cpp measures 2.4e-2 on the same prompt against the same
+    // reference (bench/llm_accuracy.sh). 5e-2 with the same top-5 ids is
+    // asserted after a decode step.
     // (int8, two-term head, prefill tolerance, decode tolerance)
     for (int8, two, tol_prefill, tol_decode) in [
         (false, false, 1e-3, 1e-3),
