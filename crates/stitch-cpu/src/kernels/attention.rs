@@ -279,10 +279,8 @@ fn run<T: Element, A: Acc + ScratchElem>(
                     let mut dense = matches!(mask, Mask::None);
                     if let Mask::Bool { data, strides, offset } = &mask {
                         let base = mask_index(strides, *offset, [bi, h, i, 0]) as isize;
-                        let allowed = |j: usize| data[(base + strides[3] * j as isize) as usize] != 0;
-                        if let Some(j) = (0..limit).rev().find(|&j| allowed(j)) {
-                            limit = j + 1;
-                            dense = (0..limit).all(allowed);
+                        if let Some((end, all)) = bool_row_span(data, base, strides[3], limit) {
+                            (limit, dense) = (end, all);
                         }
                     }
                     if dense && limit > 0 && T::DTYPE == DType::F32 {
@@ -362,6 +360,34 @@ fn run<T: Element, A: Acc + ScratchElem>(
         stitch_core::BufferPool::recycle(t);
     }
     Ok(out)
+}
+
+/// The allowed keys among the first `n` of a boolean mask row read from
+/// `base` with stride `step`: `(end, dense)`, `end` one past the last allowed
+/// key and `dense` whether every key before it is allowed; `None` if none is.
+/// A contiguous row (a KV-cache mask over thousands of keys, once per head and
+/// layer) is scanned 64 bytes at a time.
+fn bool_row_span(data: &[u8], base: isize, step: isize, n: usize) -> Option<(usize, bool)> {
+    if step == 1 {
+        let row = &data[base as usize..base as usize + n];
+        let mut end = n;
+        while end > 0 {
+            let start = end.saturating_sub(64);
+            if row[start..end].iter().fold(0u8, |a, &b| a | b) != 0 {
+                break;
+            }
+            end = start;
+        }
+        let end = row[..end].iter().rposition(|&b| b != 0)? + 1;
+        let dense = row[..end]
+            .chunks(64)
+            .all(|c| c.iter().fold(1u8, |a, &b| a & u8::from(b != 0)) != 0);
+        Some((end, dense))
+    } else {
+        let allowed = |j: usize| data[(base + step * j as isize) as usize] != 0;
+        let end = (0..n).rev().find(|&j| allowed(j))? + 1;
+        Some((end, (0..end).all(allowed)))
+    }
 }
 
 /// One f32 query row `q` against keys `k` (`[n, d]`) that are all allowed:
