@@ -159,3 +159,62 @@ pub(crate) fn run(f: &mut (dyn FnMut() + Send)) {
         resume_unwind(p);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::with_spinners;
+    use rayon::prelude::*;
+
+    fn pool(n: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap()
+    }
+
+    #[test]
+    fn a_run_with_spinners_computes_the_same_and_lets_every_worker_help() {
+        for threads in [2, 3, 4] {
+            pool(threads).install(|| {
+                let data: Vec<u64> = (0..200_000u64).map(|i| i * 7 % 1013).collect();
+                let want: u64 = data.iter().sum();
+                let mut got = 0;
+                let mut seen = std::collections::HashSet::new();
+                let mut f = || {
+                    for _ in 0..50 {
+                        got = data.par_chunks(1000).map(|c| c.iter().sum::<u64>()).sum();
+                        seen.extend(
+                            (0..64)
+                                .into_par_iter()
+                                .map(|_| {
+                                    std::thread::sleep(std::time::Duration::from_micros(50));
+                                    rayon::current_thread_index()
+                                })
+                                .collect::<Vec<_>>(),
+                        );
+                    }
+                };
+                with_spinners(&mut f);
+                assert_eq!(got, want);
+                assert!(seen.len() >= 2, "{threads} threads: only {seen:?} ran the loops");
+            });
+        }
+    }
+
+    #[test]
+    fn waits_inside_a_run_finish_and_a_panic_stops_the_spinners() {
+        pool(2).install(|| {
+            // A broadcast waits on the run's own thread: the spinner half it
+            // may pick up there must not wait for the run to end.
+            for _ in 0..200 {
+                let mut n = 0;
+                with_spinners(&mut || n = rayon::broadcast(|_| 1usize).iter().sum());
+                assert_eq!(n, 2);
+            }
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                with_spinners(&mut || panic!("inside the run"));
+            }));
+            assert!(r.is_err());
+            // The pool still runs work afterwards (no spinner left behind).
+            let s: u32 = (0..1000u32).into_par_iter().sum();
+            assert_eq!(s, 499_500);
+        });
+    }
+}
