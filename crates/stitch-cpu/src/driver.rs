@@ -67,7 +67,7 @@ fn spin(done: &AtomicBool, owner: Option<usize>) {
         } else {
             idle = idle.wrapping_add(1);
             // Give the core away now and then (an oversubscribed machine).
-            if idle % 1024 == 0 {
+            if idle.is_multiple_of(1024) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();

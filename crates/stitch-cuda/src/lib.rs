@@ -62,7 +62,11 @@ impl AttentionMode {
         match std::env::var("STITCH_CUDA_ATTENTION").as_deref() {
             Ok("cudnn") => AttentionMode::Cudnn,
             Ok("own") => AttentionMode::Own,
-            _ => AttentionMode::Auto,
+            Ok("auto") | Err(_) => AttentionMode::Auto,
+            Ok(other) => {
+                eprintln!("stitch: STITCH_CUDA_ATTENTION={other:?} is not one of auto, cudnn, own; using auto");
+                AttentionMode::Auto
+            }
         }
     }
 
