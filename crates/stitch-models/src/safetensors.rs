@@ -155,6 +155,120 @@ fn permute_rows(data: &[f32], cols: usize, head_dim: usize, to_gguf: bool) -> Ve
     out
 }
 
+/// `rope_scaling` of a Hugging Face config, as the same model's GGUF from
+/// llama.cpp's converter would carry it:
+/// - `linear` → linear scaling by `factor`;
+/// - `yarn` → YaRN (`original_max_position_embeddings`, `beta_fast`,
+///   `beta_slow`; an explicit `attention_factor` is the whole magnitude scale,
+///   as in transformers);
+/// - `llama3` (Llama 3.1 and later) → per-frequency factors, computed as the
+///   converter computes its `rope_freqs` tensor: 1 for wavelengths under
+///   `original / high_freq_factor`, `factor` over `original / low_freq_factor`,
+///   and a smooth blend between;
+/// - absent or `default` → none.
+///
+/// Other types (`dynamic`, `longrope`, …) are refused naming the type.
+fn hf_rope_scaling(
+    c: &ConfigReader,
+    base: f64,
+    head_dim: usize,
+    train_ctx: usize,
+) -> Result<(RopeScaling, Option<Vec<f32>>)> {
+    let Some(v) = c.get("rope_scaling") else {
+        return Ok((RopeScaling::None, None));
+    };
+    let obj = v
+        .as_object()
+        .ok_or_else(|| c.err(format!("field `rope_scaling` must be an object, found {v}")))?;
+    let sub = ConfigReader { obj, path: c.path };
+    let kind = match sub.get("rope_type").or_else(|| sub.get("type")) {
+        None => "default",
+        Some(t) => t
+            .as_str()
+            .ok_or_else(|| c.err(format!("field `rope_scaling.rope_type` must be a string, found {t}")))?,
+    };
+    let factor = |required: bool| -> Result<f64> {
+        match sub.opt_f64("factor")? {
+            Some(f) if f > 0.0 && f.is_finite() => Ok(f),
+            Some(f) => Err(c.err(format!("field `rope_scaling.factor` must be positive, found {f}"))),
+            None if required => Err(c.err(format!(
+                "field `rope_scaling.factor` is missing (RoPE type `{kind}` needs it)"
+            ))),
+            None => Ok(1.0),
+        }
+    };
+    let original = sub.opt_usize("original_max_position_embeddings")?;
+    Ok(match kind {
+        "default" => (RopeScaling::None, None),
+        "linear" => {
+            let f = factor(true)?;
+            (
+                if f == 1.0 {
+                    RopeScaling::None
+                } else {
+                    RopeScaling::Linear { factor: f }
+                },
+                None,
+            )
+        }
+        "yarn" => {
+            let f = factor(true)?;
+            let mscale = 1.0 + 0.1 * f.ln();
+            (
+                RopeScaling::Yarn {
+                    factor: f,
+                    original_ctx: original.unwrap_or(train_ctx),
+                    // llama.cpp multiplies its attn_factor by 1 + 0.1·ln(factor);
+                    // transformers' attention_factor replaces that product.
+                    attn_factor: sub.opt_f64("attention_factor")?.map_or(1.0, |a| a / mscale),
+                    beta_slow: sub.opt_f64("beta_slow")?.unwrap_or(1.0),
+                    beta_fast: sub.opt_f64("beta_fast")?.unwrap_or(32.0),
+                },
+                None,
+            )
+        }
+        "llama3" => {
+            let f = factor(true)?;
+            let need = |key: &str| {
+                sub.opt_f64(key)?.ok_or_else(|| {
+                    c.err(format!(
+                        "field `rope_scaling.{key}` is missing (RoPE type `llama3` needs it)"
+                    ))
+                })
+            };
+            let (low, high) = (need("low_freq_factor")?, need("high_freq_factor")?);
+            let old = original.ok_or_else(|| {
+                c.err("field `rope_scaling.original_max_position_embeddings` is missing (RoPE type `llama3` needs it)")
+            })? as f64;
+            if !(high > low && low > 0.0) {
+                return Err(c.err(format!(
+                    "fields `rope_scaling.low_freq_factor` ({low}) and `high_freq_factor` ({high}) must satisfy 0 < low < high"
+                )));
+            }
+            let (low_wavelen, high_wavelen) = (old / low, old / high);
+            let factors = (0..head_dim / 2)
+                .map(|j| {
+                    let wavelen = 2.0 * std::f64::consts::PI * base.powf(2.0 * j as f64 / head_dim as f64);
+                    if wavelen < high_wavelen {
+                        1.0
+                    } else if wavelen > low_wavelen {
+                        f as f32
+                    } else {
+                        let smooth = (old / wavelen - low) / (high - low);
+                        (1.0 / ((1.0 - smooth) / f + smooth)) as f32
+                    }
+                })
+                .collect();
+            (RopeScaling::None, Some(factors))
+        }
+        other => {
+            return Err(c.err(format!(
+                "field `rope_scaling.rope_type` is `{other}`; supported: default, linear, yarn, llama3"
+            )))
+        }
+    })
+}
+
 /// The fields of `config.json` a Llama model needs, checked one by one.
 struct ConfigReader<'a> {
     obj: &'a Map<String, Json>,
@@ -260,9 +374,6 @@ fn parse_config(json: &Json, path: &str) -> Result<HfConfig> {
             ))
         }
     }
-    if let Some(v) = c.get("rope_scaling") {
-        return Err(c.err(format!("field `rope_scaling` ({v}): RoPE scaling is not supported yet")));
-    }
     if let Some(act) = c.get("hidden_act").filter(|a| a.as_str() != Some("silu")) {
         return Err(c.err(format!("field `hidden_act` is {act}; the Llama MLP needs `silu`")));
     }
@@ -294,6 +405,9 @@ fn parse_config(json: &Json, path: &str) -> Result<HfConfig> {
             "the head size {head_dim} must be even and positive (RoPE rotates pairs)"
         )));
     }
+    let rope_base = c.opt_f64("rope_theta")?.unwrap_or(10000.0);
+    let train_ctx = c.opt_usize("max_position_embeddings")?.unwrap_or(2048);
+    let (rope_scaling, rope_freq_factors) = hf_rope_scaling(&c, rope_base, head_dim, train_ctx)?;
     let llama = LlamaConfig {
         n_layers: c.usize("num_hidden_layers")?,
         dim,
@@ -305,11 +419,11 @@ fn parse_config(json: &Json, path: &str) -> Result<HfConfig> {
         eps: c
             .opt_f64("rms_norm_eps")?
             .ok_or_else(|| c.err("field `rms_norm_eps` is missing (a Llama config needs it)"))?,
-        rope_base: c.opt_f64("rope_theta")?.unwrap_or(10000.0),
-        train_ctx: c.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+        rope_base,
+        train_ctx,
         rope_style: RopeStyle::Adjacent,
-        rope_scaling: RopeScaling::None,
-        rope_freq_factors: None,
+        rope_scaling,
+        rope_freq_factors,
         qkv_bias: false,
     };
     if llama.dim == 0 || llama.ffn_dim == 0 || llama.vocab == 0 {
@@ -1208,12 +1322,74 @@ mod tests {
     }
 
     #[test]
+    fn rope_scaling_maps_to_what_the_gguf_converter_writes() {
+        let config = |scaling: Json| {
+            json!({
+                "architectures": ["LlamaForCausalLM"], "hidden_size": 256, "intermediate_size": 512,
+                "num_attention_heads": 2, "num_hidden_layers": 1, "vocab_size": 16, "rms_norm_eps": 1e-5,
+                "rope_theta": 500000.0, "max_position_embeddings": 131072, "rope_scaling": scaling,
+            })
+        };
+        let parse = |scaling: Json| parse_config(&config(scaling), "config.json").unwrap().llama;
+        // Llama 3.1's values. The expected factors come from the converter's
+        // formula evaluated independently in Python (f64):
+        //   freq = 1 / 500000 ** (i / 128) for i in 0, 2, …, 126; wavelen = 2π / freq;
+        //   1 if wavelen < 8192 / 4, 8 if wavelen > 8192 / 1,
+        //   else 1 / ((1 - s) / 8 + s) with s = (8192 / wavelen - 1) / (4 - 1).
+        let c = parse(json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}));
+        assert_eq!(c.rope_scaling, RopeScaling::None);
+        let f = c.rope_freq_factors.expect("llama3 gives frequency factors");
+        assert_eq!(f.len(), 64);
+        let want = [
+            (0, 1.0),
+            (28, 1.0),
+            (29, 1.207483871283662),
+            (30, 1.5534146285049255),
+            (31, 2.0263132059050557),
+            (32, 2.6945296878947333),
+            (33, 3.684252527745718),
+            (34, 5.257326588708467),
+            (35, 8.0),
+            (63, 8.0),
+        ];
+        for (j, v) in want {
+            assert!((f[j] as f64 - v).abs() < 1e-6 * v, "factor {j}: {} vs {v}", f[j]);
+        }
+        // Linear, YaRN (transformers' attention_factor is the whole scale),
+        // default and the older `type` key.
+        assert_eq!(
+            parse(json!({"type": "linear", "factor": 4.0})).rope_scaling,
+            RopeScaling::Linear { factor: 4.0 }
+        );
+        let y = parse(
+            json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768,
+                             "attention_factor": 1.5, "beta_fast": 16.0}),
+        );
+        match y.rope_scaling {
+            RopeScaling::Yarn {
+                factor,
+                original_ctx,
+                attn_factor,
+                beta_slow,
+                beta_fast,
+            } => {
+                assert_eq!((factor, original_ctx, beta_slow, beta_fast), (4.0, 32768, 1.0, 16.0));
+                assert!((attn_factor * (1.0 + 0.1 * 4f64.ln()) - 1.5).abs() < 1e-12);
+            }
+            other => panic!("yarn became {other:?}"),
+        }
+        let d = parse(json!({"rope_type": "default"}));
+        assert_eq!((d.rope_scaling, d.rope_freq_factors), (RopeScaling::None, None));
+    }
+
+    #[test]
     fn config_errors_name_the_field() {
         let cfg = tiny_cfg();
         let dir = dir_with("", RawView(Dtype::F32, vec![], vec![]));
         // (field to drop, fields to set, what the error must say)
         type Case<'a> = (&'a str, Vec<(&'a str, Json)>, &'a str);
-        let cases: [Case; 5] = [
+        let cases: [Case; 8] = [
             ("intermediate_size", vec![], "`intermediate_size` is missing"),
             ("", vec![("model_type", json!("gpt2"))], "`model_type` is `gpt2`"),
             (
@@ -1226,7 +1402,30 @@ mod tests {
                 vec![("hidden_size", json!(-3))],
                 "`hidden_size` must be a non-negative integer",
             ),
-            ("", vec![("rope_scaling", json!({"type": "linear"}))], "`rope_scaling`"),
+            (
+                "",
+                vec![("rope_scaling", json!({"type": "linear"}))],
+                "`rope_scaling.factor` is missing",
+            ),
+            (
+                "",
+                vec![("rope_scaling", json!({"rope_type": "dynamic", "factor": 2.0}))],
+                "`dynamic`",
+            ),
+            (
+                "",
+                vec![(
+                    "rope_scaling",
+                    json!({"rope_type": "llama3", "factor": 8.0, "high_freq_factor": 4.0,
+                           "original_max_position_embeddings": 8192}),
+                )],
+                "`rope_scaling.low_freq_factor` is missing",
+            ),
+            (
+                "",
+                vec![("rope_scaling", json!("linear"))],
+                "`rope_scaling` must be an object",
+            ),
         ];
         for (drop, set, want) in cases {
             write_config(dir.path(), &cfg, drop, &set);
