@@ -147,6 +147,29 @@ impl LlamaConfig {
         }
         (cos, sin)
     }
+
+    /// [`LlamaConfig::rope_tables`] (`[positions, head_dim / 2]`) laid out per
+    /// element of a head (`[positions, head_dim]`) in the model's pair layout,
+    /// the sine negated at each pair's first element: the graph's RoPE inputs.
+    pub fn rope_per_element(&self, cos: &[f32], sin: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let (hd, half) = (self.head_dim, self.head_dim / 2);
+        let n = cos.len() / half.max(1);
+        let (mut c, mut s) = (vec![0f32; n * hd], vec![0f32; n * hd]);
+        for p in 0..n {
+            for j in 0..half {
+                let (first, second) = match self.rope_style {
+                    RopeStyle::Adjacent => (2 * j, 2 * j + 1),
+                    RopeStyle::Halves => (j, j + half),
+                };
+                let (cv, sv) = (cos[p * half + j], sin[p * half + j]);
+                c[p * hd + first] = cv;
+                c[p * hd + second] = cv;
+                s[p * hd + first] = -sv;
+                s[p * hd + second] = sv;
+            }
+        }
+        (c, s)
+    }
 }
 
 impl LlamaConfig {
@@ -347,9 +370,11 @@ pub mod inputs {
     pub const POS: &str = "pos";
     /// Attention mask, bool `[1, 1, seq, ctx]`.
     pub const MASK: &str = "mask";
-    /// RoPE cosines, f32 `[seq, 1, head_dim / 2, 1]`.
+    /// RoPE cosines per element of a head, f32 `[seq, 1, head_dim]` (each
+    /// pair's angle at both of its elements, in the model's pair layout).
     pub const COS: &str = "rope_cos";
-    /// RoPE sines, f32 `[seq, 1, head_dim / 2, 1]`.
+    /// RoPE sines per element of a head, f32 `[seq, 1, head_dim]`, negated at
+    /// the first element of each pair (see [`RopeStyle`]).
     pub const SIN: &str = "rope_sin";
     /// Row whose logits are returned, i64 `[1]`.
     pub const LAST: &str = "last";
@@ -378,7 +403,7 @@ pub fn build(cfg: &LlamaConfig, w: &dyn WeightSource, seq: Dim, ctx: usize) -> R
         DType::Bool,
         vec![Dim::Known(1), Dim::Known(1), seq.clone(), Dim::Known(ctx)],
     );
-    let rope_shape = vec![seq.clone(), Dim::Known(1), Dim::Known(hd / 2), Dim::Known(1)];
+    let rope_shape = vec![seq.clone(), Dim::Known(1), Dim::Known(hd)];
     let cos = g.placeholder(inputs::COS, DType::F32, rope_shape.clone());
     let sin = g.placeholder(inputs::SIN, DType::F32, rope_shape);
     let last = g.placeholder(inputs::LAST, DType::I64, [1]);
@@ -397,33 +422,26 @@ pub fn build(cfg: &LlamaConfig, w: &dyn WeightSource, seq: Dim, ctx: usize) -> R
         }
     };
 
-    // Halves-style RoPE multiplies `[seq, heads, 2, hd/2]` by angles laid out `[seq, 1, 1, hd/2]`.
-    let (cos, sin) = match cfg.rope_style {
-        RopeStyle::Adjacent => (cos, sin),
-        RopeStyle::Halves => {
-            let shape = [0, 1, 1, (hd / 2) as i64];
-            (g.reshape(cos, &shape)?, g.reshape(sin, &shape)?)
-        }
-    };
+    // RoPE rotates pairs (a, b) → (a·cos − b·sin, a·sin + b·cos): pairs
+    // (2i, 2i+1) for Adjacent, (i, i + hd/2) for Halves. Written per element
+    // as `x·cos + partner(x)·sin±` (the sine negated at each pair's first
+    // element), with the partner a constant gather along the head: one fused
+    // region instead of a split, two regions and a concat (bit-identical:
+    // `a·cos − b·sin = a·cos + b·(−sin)` and addition commutes).
+    let partner: Vec<i64> = (0..hd)
+        .map(|e| match cfg.rope_style {
+            RopeStyle::Adjacent => (e ^ 1) as i64,
+            RopeStyle::Halves => ((e + hd / 2) % hd) as i64,
+        })
+        .collect();
+    let partner = g.constant(Tensor::from_vec(partner, &[hd])?);
     let rope = |g: &mut Graph, t: Value, heads: usize| -> Result<Value> {
-        // Adjacent: [seq, heads*hd] → [seq, heads, hd/2, 2], pairs (2i, 2i+1) rotate together.
-        // Halves:   [seq, heads*hd] → [seq, heads, 2, hd/2], pairs (i, i+hd/2) rotate together.
-        let (shape, axis) = match cfg.rope_style {
-            RopeStyle::Adjacent => ([0, heads as i64, (hd / 2) as i64, 2], -1),
-            RopeStyle::Halves => ([0, heads as i64, 2, (hd / 2) as i64], -2),
-        };
-        let t = g.reshape(t, &shape)?;
-        let parts = g.split(t, axis, &[1, 1])?;
-        let (a, b) = (parts[0], parts[1]);
-        let ac = g.mul(a, cos)?;
-        let bs = g.mul(b, sin)?;
-        let r0 = g.sub(ac, bs)?;
-        let as_ = g.mul(a, sin)?;
-        let bc = g.mul(b, cos)?;
-        let r1 = g.add(as_, bc)?;
-        let r = g.concat(&[r0, r1], axis)?;
+        let t = g.reshape(t, &[0, heads as i64, hd as i64])?;
+        let p = g.gather(t, partner, 2)?;
+        let tc = g.mul(t, cos)?;
+        let ps = g.mul(p, sin)?;
+        let r = g.add(tc, ps)?;
         // → [1, heads, seq, hd]
-        let r = g.reshape(r, &[0, heads as i64, hd as i64])?;
         let r = g.unsqueeze(r, &[0])?;
         g.transpose(r, &[0, 2, 1, 3])
     };
@@ -653,14 +671,14 @@ impl Llama {
             }
         }
         let mask = Tensor::from_vec(mask, &[1, 1, seq, self.ctx])?;
-        let half = hd / 2;
         let (cos, sin) = self.cfg.rope_tables(p0..p0 + seq);
+        let (cos, sin) = self.cfg.rope_per_element(&cos, &sin);
         Ok(vec![
             (inputs::TOKENS, tokens),
             (inputs::POS, pos),
             (inputs::MASK, mask),
-            (inputs::COS, Tensor::from_vec(cos, &[seq, 1, half, 1])?),
-            (inputs::SIN, Tensor::from_vec(sin, &[seq, 1, half, 1])?),
+            (inputs::COS, Tensor::from_vec(cos, &[seq, 1, hd])?),
+            (inputs::SIN, Tensor::from_vec(sin, &[seq, 1, hd])?),
             (inputs::LAST, Tensor::from_vec(vec![seq as i64 - 1], &[1])?),
         ])
     }
