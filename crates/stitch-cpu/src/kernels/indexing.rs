@@ -75,6 +75,20 @@ pub fn gather(data: &Tensor, indices: &Tensor, axis: i64, out: &TensorType) -> R
     Ok(
         by_size!(data.dtype().size_in_bytes(), U => new_tensor::<U>(data.dtype(), &shape, |dst| {
             let src = contiguous_slice::<U>(&data);
+            if inner == 1 {
+                // Along the last axis (e.g. RoPE's partner permutation): one
+                // element per index, a row of m per outer block, no division
+                // per element.
+                par_rows(dst, m, |first_row, chunk| {
+                    for (r, row) in chunk.chunks_mut(m).enumerate() {
+                        let base = &src[(first_row + r) * n..(first_row + r + 1) * n];
+                        for (d, &i) in row.iter_mut().zip(idx.iter()) {
+                            *d = base[i];
+                        }
+                    }
+                });
+                return;
+            }
             par_rows(dst, inner, |first_row, chunk| {
                 for (r, row) in chunk.chunks_mut(inner).enumerate() {
                     let g = first_row + r;
