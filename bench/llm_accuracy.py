@@ -14,6 +14,7 @@ by one decode step (the path that runs batch-1 products).
 """
 import argparse
 import json
+import os
 
 import numpy as np
 
@@ -26,9 +27,17 @@ def main():
     p.add_argument("--reference", required=True)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
+    for what, path in (("model", a.model), ("reference", a.reference)):
+        if not os.path.isfile(path):
+            raise SystemExit(f"{what} file {path} does not exist")
     import llama_cpp
 
-    ref = np.load(a.reference).astype(np.float64)
+    try:
+        ref = np.load(a.reference).astype(np.float64)
+    except ValueError as e:
+        raise SystemExit(f"reference {a.reference} is not a readable .npy file: {e}")
+    if ref.ndim != 1 or ref.size == 0:
+        raise SystemExit(f"reference {a.reference} must be a 1-D array of logits, got shape {ref.shape}")
     scale = np.abs(ref).max()
     llm = llama_cpp.Llama(model_path=a.model, n_ctx=256, n_batch=512, n_threads=a.threads,
                           n_threads_batch=a.threads, logits_all=True, verbose=False)

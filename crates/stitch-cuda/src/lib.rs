@@ -832,10 +832,6 @@ impl CudaBackend {
         Ok(out)
     }
 
-    /// ONNX-style Gemm: `alpha · op(A) · op(B) + beta · C` on 2-D operands,
-    /// through cuBLASLt. A vector C with beta 1 is the bias epilogue; any other
-    /// C is broadcast into the output first and accumulated with beta.
-    #[allow(clippy::too_many_arguments)]
     /// `act(alpha·op(a)·op(b) + beta·c)`: ReLU and tanh-GELU run as cuBLASLt
     /// epilogues, exact GELU (which cuBLASLt lacks) as a kernel after it.
     #[allow(clippy::too_many_arguments)]
@@ -868,6 +864,9 @@ impl CudaBackend {
 
     /// The product of [`Self::gemm`] with cuBLASLt epilogue `lt_act`; also
     /// says whether cuBLASLt ran with it (not for an empty inner dimension).
+    /// ONNX-style Gemm: `alpha · op(A) · op(B) + beta · C` on 2-D operands,
+    /// through cuBLASLt. A vector C with beta 1 is the bias epilogue; any other
+    /// C is broadcast into the output first and accumulated with beta.
     #[allow(clippy::too_many_arguments)]
     fn gemm_product(
         &self,

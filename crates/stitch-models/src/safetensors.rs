@@ -187,21 +187,20 @@ fn hf_rope_scaling(
             .as_str()
             .ok_or_else(|| c.err(format!("field `rope_scaling.rope_type` must be a string, found {t}")))?,
     };
-    let factor = |required: bool| -> Result<f64> {
+    let factor = || -> Result<f64> {
         match sub.opt_f64("factor")? {
             Some(f) if f > 0.0 && f.is_finite() => Ok(f),
             Some(f) => Err(c.err(format!("field `rope_scaling.factor` must be positive, found {f}"))),
-            None if required => Err(c.err(format!(
+            None => Err(c.err(format!(
                 "field `rope_scaling.factor` is missing (RoPE type `{kind}` needs it)"
             ))),
-            None => Ok(1.0),
         }
     };
     let original = sub.opt_usize("original_max_position_embeddings")?;
     Ok(match kind {
         "default" => (RopeScaling::None, None),
         "linear" => {
-            let f = factor(true)?;
+            let f = factor()?;
             (
                 if f == 1.0 {
                     RopeScaling::None
@@ -212,7 +211,7 @@ fn hf_rope_scaling(
             )
         }
         "yarn" => {
-            let f = factor(true)?;
+            let f = factor()?;
             let mscale = 1.0 + 0.1 * f.ln();
             (
                 RopeScaling::Yarn {
@@ -228,7 +227,7 @@ fn hf_rope_scaling(
             )
         }
         "llama3" => {
-            let f = factor(true)?;
+            let f = factor()?;
             let need = |key: &str| {
                 sub.opt_f64(key)?.ok_or_else(|| {
                     c.err(format!(
